@@ -1,0 +1,151 @@
+//! Assembles the service: opens the store, checks the master keys, binds the listener,
+//! and serves until a shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::auth::ApiKeyVerifier;
+use crate::config::{Config, DatabaseUrl};
+use crate::connections::Connections;
+use crate::crypto::{Field, Keyring};
+use crate::domain::{ApiKeyName, Scope};
+use crate::store::{KeyCheck, Store};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub connections: Connections,
+    pub api_keys: ApiKeyVerifier,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens and migrates the database, proves the master keys, provisions API keys and
+    /// binds the listener. Every failure here is a start-up error with a clear message.
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let keyring = Arc::new(config.load_keyring()?);
+        let store = Store::open(config.database_url.as_str())
+            .await
+            .context("DATABASE_URL: cannot open the database")?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+        verify_master_keys(&store, &keyring).await?;
+
+        let api_keys = ApiKeyVerifier::new(store.clone());
+        if let Some(token) = &config.bootstrap_admin_key {
+            api_keys
+                .ensure_bootstrap_admin(token)
+                .await
+                .context("cannot store REGISTRY_BOOTSTRAP_ADMIN_KEY")?;
+        } else if matches!(config.database_url, DatabaseUrl::Sqlite { .. }) {
+            create_first_admin_key(&store, &api_keys).await?;
+        }
+        api_keys.reload().await.context("cannot load API keys")?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("REGISTRY_LISTEN: cannot listen on {}", config.listen))?;
+        let state = AppState {
+            connections: Connections::new(store.clone(), keyring),
+            api_keys,
+            store,
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let background: Vec<JoinHandle<()>> = vec![tokio::spawn(
+            self.state.api_keys.clone().reload_periodically(),
+        )];
+        let store = self.state.store.clone();
+        tracing::info!(address = %self.local_addr(), "listening");
+        let served = axum::serve(self.listener, crate::http::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for task in background {
+            task.abort();
+        }
+        store.close().await;
+        served.context("server error")
+    }
+}
+
+/// Each master key seals a known text once; at start-up each must open its own, and every
+/// key that ever sealed data here must still be configured.
+async fn verify_master_keys(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
+    const CHECK_TEXT: &str = "connection-registry master key check";
+    let checks = store.key_checks().await.context("cannot read key checks")?;
+    for check in &checks {
+        let owner = format!("key-check:{}", check.key_id);
+        if !keyring.key_ids().any(|id| id == check.key_id) {
+            anyhow::bail!(
+                "REGISTRY_MASTER_KEYS: this database has secrets encrypted with key `{}`, \
+                 which is not configured; add it back after the current key",
+                check.key_id
+            );
+        }
+        let opened = keyring.open(&owner, Field::KeyCheck, &check.sealed).ok();
+        if opened.as_ref().map(|text| text.expose_secret()) != Some(CHECK_TEXT) {
+            anyhow::bail!(
+                "REGISTRY_MASTER_KEYS: key `{}` is not the key that encrypted this database",
+                check.key_id
+            );
+        }
+    }
+    for key_id in keyring.key_ids() {
+        if !checks.iter().any(|check| check.key_id == key_id) {
+            let owner = format!("key-check:{key_id}");
+            let sealed = keyring
+                .seal_with_key(key_id, &owner, Field::KeyCheck, CHECK_TEXT)
+                .expect("the key id comes from the keyring");
+            let check = KeyCheck {
+                key_id: key_id.to_owned(),
+                sealed,
+            };
+            store
+                .insert_key_check(&check)
+                .await
+                .context("cannot store key check")?;
+        }
+    }
+    Ok(())
+}
+
+/// The embedded default with no key at all: make one admin key and show it once.
+async fn create_first_admin_key(store: &Store, api_keys: &ApiKeyVerifier) -> anyhow::Result<()> {
+    if store.has_api_keys().await? {
+        return Ok(());
+    }
+    let name = ApiKeyName::parse("first admin").expect("a valid constant name");
+    let created = api_keys.create(name, vec![Scope::Admin]).await?;
+    // Straight to the terminal, not through the logs: logs are kept, this must not be.
+    eprintln!(
+        "\n  First start: created an admin API key. It is shown only this once:\n\n    {}\n\n  \
+         Use it as `Authorization: Bearer <key>`; create narrower keys with POST /api-keys.\n",
+        created.token.expose()
+    );
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! API key verification without a database query per request.
+//!
+//! Every replica keeps the active keys (by hash) in memory and reloads them every
+//! `RELOAD_INTERVAL`, so a key revoked anywhere stops working everywhere within that
+//! interval. A key not yet in memory (just created on another replica) is looked up once.
+//! While the database is down, the keys already loaded keep working.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
+use crate::store::{Store, StoreError};
+
+/// Bounds how long a revoked key keeps working on another replica (the contract says 5 s).
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct ApiKeyVerifier {
+    store: Store,
+    active: Arc<RwLock<HashMap<ApiKeyHash, ApiKey>>>,
+}
+
+/// A new key: the stored description plus the plaintext, shown once.
+pub struct CreatedApiKey {
+    pub key: ApiKey,
+    pub token: ApiKeyToken,
+}
+
+impl ApiKeyVerifier {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            active: Arc::default(),
+        }
+    }
+
+    /// Who presented `token`. Hashes are compared in constant time (see `ApiKeyHash`).
+    pub async fn verify(&self, token: &ApiKeyToken) -> Result<ApiKey, AuthError> {
+        let hash = token.hash();
+        if let Some(key) = self.read().get(&hash) {
+            return Ok(key.clone());
+        }
+        let key = self
+            .store
+            .find_active_api_key(hash)
+            .await?
+            .ok_or(AuthError::UnknownKey)?;
+        self.write().insert(hash, key.clone());
+        Ok(key)
+    }
+
+    /// Replaces the in-memory keys with the database's; called every `RELOAD_INTERVAL`.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let keys: HashMap<_, _> = self.store.active_api_keys().await?.into_iter().collect();
+        *self.write() = keys;
+        Ok(())
+    }
+
+    /// Reloads forever; a failed reload keeps the keys already known.
+    pub async fn reload_periodically(self) {
+        let mut interval = tokio::time::interval(RELOAD_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(err) = self.reload().await {
+                tracing::debug!(error = %err, "could not reload API keys; keeping the known ones");
+            }
+        }
+    }
+
+    pub async fn create(
+        &self,
+        name: ApiKeyName,
+        scopes: Vec<Scope>,
+    ) -> Result<CreatedApiKey, StoreError> {
+        let token = ApiKeyToken::generate();
+        let key = describe(&token, name, scopes);
+        self.store.insert_api_key(&key, token.hash()).await?;
+        Ok(CreatedApiKey { key, token })
+    }
+
+    /// Makes the operator's `REGISTRY_BOOTSTRAP_ADMIN_KEY` an active admin key.
+    pub async fn ensure_bootstrap_admin(&self, token: &ApiKeyToken) -> Result<(), StoreError> {
+        let name = ApiKeyName::parse("bootstrap admin").expect("a valid constant name");
+        let key = describe(token, name, vec![Scope::Admin]);
+        self.store.ensure_api_key(&key, token.hash()).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let keys = self.store.active_api_keys().await?;
+        Ok(keys.into_iter().map(|(_, key)| key).collect())
+    }
+
+    /// Revokes in the database, and at once in this replica's memory.
+    pub async fn revoke(&self, id: ApiKeyId) -> Result<(), StoreError> {
+        self.store.revoke_api_key(id).await?;
+        self.write().retain(|_, key| key.id != id);
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ApiKeyHash, ApiKey>> {
+        self.active
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ApiKeyHash, ApiKey>> {
+        self.active
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn describe(token: &ApiKeyToken, name: ApiKeyName, scopes: Vec<Scope>) -> ApiKey {
+    ApiKey {
+        id: ApiKeyId::new(),
+        name,
+        scopes,
+        prefix: token.display_prefix(),
+        created_at: crate::domain::now(),
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: subcommands, and every setting as a flag or environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "connection-registry", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Raw settings as given; `config::Config::from_settings` validates them.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// `postgres://…` or `sqlite://…` [default: sqlite://./data/registry.db]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Address to listen on.
+    #[arg(
+        long = "listen",
+        env = "REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: String,
+
+    /// Comma-separated `key_id:base64(32 bytes)`; the first encrypts, all decrypt.
+    #[arg(
+        long,
+        env = "REGISTRY_MASTER_KEYS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub master_keys: Option<String>,
+
+    /// If set, an admin API key with exactly this value exists after start-up.
+    #[arg(
+        long,
+        env = "REGISTRY_BOOTSTRAP_ADMIN_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub bootstrap_admin_key: Option<String>,
+
+    /// Login with Amazon token endpoint.
+    #[arg(
+        long,
+        env = "REGISTRY_LWA_TOKEN_URL",
+        default_value = "https://api.amazon.com/auth/o2/token",
+        global = true
+    )]
+    pub lwa_token_url: String,
+
+    /// Replaces the SP-API base URL of every region and environment (fakes, proxies).
+    #[arg(long = "spapi-url", env = "REGISTRY_SPAPI_URL", global = true)]
+    pub spapi_url: Option<String>,
+
+    /// Log format [default: pretty on a terminal, else json]. The filter is RUST_LOG.
+    #[arg(long, env = "REGISTRY_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create a key and print it once.
+    Create {
+        /// What the key is for, e.g. `frontend` or `sync-workers`.
+        #[arg(long)]
+        name: String,
+        /// `admin`, `connections:write`, `connections:read` or `tokens:read`; repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys that are not revoked.
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}

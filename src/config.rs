@@ -1,0 +1,284 @@
+//! Typed configuration, validated once at start-up. A bad value is one line naming the
+//! setting (its environment variable and flag), never a panic.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use reqwest::Url;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use crate::cli::Settings;
+use crate::crypto::Keyring;
+use crate::domain::ApiKeyToken;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/registry.db";
+/// Key id of a master key generated for the embedded default.
+const GENERATED_KEY_ID: &str = "local";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    setting: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+const DATABASE_URL: &str = "DATABASE_URL (--database-url)";
+const LISTEN: &str = "REGISTRY_LISTEN (--listen)";
+const MASTER_KEYS: &str = "REGISTRY_MASTER_KEYS (--master-keys)";
+const BOOTSTRAP_ADMIN_KEY: &str = "REGISTRY_BOOTSTRAP_ADMIN_KEY (--bootstrap-admin-key)";
+const LWA_TOKEN_URL: &str = "REGISTRY_LWA_TOKEN_URL (--lwa-token-url)";
+const SPAPI_URL: &str = "REGISTRY_SPAPI_URL (--spapi-url)";
+
+#[derive(Debug, Clone)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// `dir` is where the database file lives; a generated master key goes beside it.
+    Sqlite {
+        url: String,
+        dir: PathBuf,
+    },
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            PgConnectOptions::from_str(url)
+                .map_err(|err| ConfigError::new(DATABASE_URL, err.to_string()))?;
+            Ok(Self::Postgres(url.to_owned()))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|err| ConfigError::new(DATABASE_URL, err.to_string()))?;
+            let dir = options
+                .get_filename()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            Ok(Self::Sqlite {
+                url: url.to_owned(),
+                dir,
+            })
+        } else {
+            Err(ConfigError::new(
+                DATABASE_URL,
+                "must start with postgres:// or sqlite://",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Postgres(url) | Self::Sqlite { url, .. } => url,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub database_url: DatabaseUrl,
+    pub listen: SocketAddr,
+    master_keys: Option<Keyring>,
+    pub bootstrap_admin_key: Option<ApiKeyToken>,
+    pub lwa_token_url: Url,
+    pub spapi_url: Option<Url>,
+}
+
+impl Config {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let database_url = DatabaseUrl::parse(
+            settings
+                .database_url
+                .as_deref()
+                .unwrap_or(DEFAULT_DATABASE_URL),
+        )?;
+        let listen = settings.listen.parse().map_err(|_| {
+            ConfigError::new(
+                LISTEN,
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    settings.listen
+                ),
+            )
+        })?;
+        let master_keys = settings
+            .master_keys
+            .as_deref()
+            .map(|spec| {
+                Keyring::parse(spec).map_err(|err| ConfigError::new(MASTER_KEYS, err.to_string()))
+            })
+            .transpose()?;
+        if master_keys.is_none() && matches!(database_url, DatabaseUrl::Postgres(_)) {
+            return Err(ConfigError::new(
+                MASTER_KEYS,
+                "required with Postgres; generate one with: echo \"k1:$(openssl rand -base64 32)\"",
+            ));
+        }
+        let bootstrap_admin_key = settings
+            .bootstrap_admin_key
+            .as_deref()
+            .map(|key| {
+                ApiKeyToken::parse(key).map_err(|err| ConfigError::new(BOOTSTRAP_ADMIN_KEY, err.0))
+            })
+            .transpose()?;
+        Ok(Self {
+            database_url,
+            listen,
+            master_keys,
+            bootstrap_admin_key,
+            lwa_token_url: parse_http_url(LWA_TOKEN_URL, &settings.lwa_token_url)?,
+            spapi_url: settings
+                .spapi_url
+                .as_deref()
+                .map(|url| parse_http_url(SPAPI_URL, url))
+                .transpose()?,
+        })
+    }
+
+    /// The configured master keys or, for embedded SQLite only, the key kept in the data
+    /// directory (generated on first start with a loud warning).
+    pub fn load_keyring(&mut self) -> Result<Keyring, ConfigError> {
+        if let Some(keyring) = self.master_keys.take() {
+            return Ok(keyring);
+        }
+        let DatabaseUrl::Sqlite { dir, .. } = &self.database_url else {
+            unreachable!("from_settings requires master keys with Postgres");
+        };
+        load_or_generate_local_key(&dir.join("master.key"))
+    }
+}
+
+fn parse_http_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(input)
+        .map_err(|err| ConfigError::new(setting, format!("`{input}` is not a URL: {err}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            setting,
+            "must be an http:// or https:// URL",
+        ));
+    }
+    Ok(url)
+}
+
+fn load_or_generate_local_key(path: &Path) -> Result<Keyring, ConfigError> {
+    let setting = MASTER_KEYS;
+    let io_error =
+        |err: std::io::Error| ConfigError::new(setting, format!("{}: {err}", path.display()));
+    if path.exists() {
+        let spec = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io_error)?);
+        return Keyring::parse(spec.trim()).map_err(|err| {
+            ConfigError::new(
+                setting,
+                format!("{} is not a valid key file: {err}", path.display()),
+            )
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    let spec = Keyring::generate_spec(GENERATED_KEY_ID);
+    write_private_file(path, spec.expose_secret()).map_err(io_error)?;
+    tracing::warn!(
+        path = %path.display(),
+        "REGISTRY_MASTER_KEYS is not set: GENERATED A NEW MASTER KEY into this file (mode 0600). \
+         Everything stored is encrypted with it: losing it loses every secret. \
+         This is for trying the service out; in production set REGISTRY_MASTER_KEYS."
+    );
+    Keyring::parse(spec.expose_secret()).map_err(|err| ConfigError::new(setting, err.to_string()))
+}
+
+/// Creates `path` readable by its owner only; refuses to overwrite.
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["connection-registry"];
+        argv.extend_from_slice(args);
+        Config::from_settings(&Cli::try_parse_from(argv).unwrap().settings)
+    }
+
+    const KEY: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let err = config(&["--database-url", "mysql://x"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("DATABASE_URL (--database-url): ")
+        );
+        let err = config(&["--listen", "nowhere"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("REGISTRY_LISTEN (--listen): "),
+            "{err}"
+        );
+        let err = config(&["--master-keys", "k1:c2hvcnQ="]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "REGISTRY_MASTER_KEYS (--master-keys): key `k1` is 5 bytes; AES-256 needs exactly 32"
+        );
+        let err = config(&["--lwa-token-url", "ftp://x"]).unwrap_err();
+        assert!(err.to_string().starts_with("REGISTRY_LWA_TOKEN_URL"));
+        let err = config(&["--bootstrap-admin-key", "short"]).unwrap_err();
+        assert!(err.to_string().starts_with("REGISTRY_BOOTSTRAP_ADMIN_KEY"));
+    }
+
+    #[test]
+    fn postgres_requires_master_keys() {
+        let err = config(&["--database-url", "postgres://localhost/db"]).unwrap_err();
+        assert!(err.to_string().starts_with("REGISTRY_MASTER_KEYS"), "{err}");
+        assert!(
+            config(&[
+                "--database-url",
+                "postgres://localhost/db",
+                "--master-keys",
+                KEY
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn embedded_default_generates_a_private_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/registry.db", dir.path().display());
+        let mut first = config(&["--database-url", &url]).unwrap();
+        let keyring = first.load_keyring().unwrap();
+        assert_eq!(keyring.primary_id(), GENERATED_KEY_ID);
+        let path = dir.path().join("master.key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let before = std::fs::read_to_string(&path).unwrap();
+        let mut second = config(&["--database-url", &url]).unwrap();
+        second.load_keyring().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    }
+}

@@ -1,0 +1,293 @@
+//! The connection service: creates, reads, changes and deletes connections, sealing their
+//! secrets on the way in. Handlers call this; it calls the store and the keyring.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::crypto::{CryptoError, Field, Keyring, Sealed};
+use crate::domain::{
+    ApiKeyId, ClientSecret, Connection, ConnectionId, ConnectionPatch, ConnectionStatus,
+    NewConnection, SecretExpiry,
+};
+use crate::store::{ConnectionFilter, ConnectionRow, IdempotencyRecord, Store, StoreError};
+
+/// How often a PATCH re-reads and retries when another write lands between its read and
+/// its write.
+const UPDATE_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connection not found")]
+    NotFound,
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl From<StoreError> for ConnectionError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// An `Idempotency-Key` as presented by one caller, with the hash of its request.
+pub struct IdempotencyKey {
+    pub api_key_id: ApiKeyId,
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What a create answers: the connection's JSON, the first one again on a replay.
+pub struct Created {
+    pub id: ConnectionId,
+    pub body: Value,
+}
+
+pub struct Page {
+    pub items: Vec<Connection>,
+    pub next: Option<ConnectionId>,
+}
+
+#[derive(Clone)]
+pub struct Connections {
+    store: Store,
+    keyring: Arc<Keyring>,
+}
+
+impl Connections {
+    pub fn new(store: Store, keyring: Arc<Keyring>) -> Self {
+        Self { store, keyring }
+    }
+
+    pub async fn create(
+        &self,
+        new: NewConnection,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created, ConnectionError> {
+        if let Some(key) = &idempotency {
+            if let Some(replay) = self.replay(key).await? {
+                return Ok(replay);
+            }
+        }
+        warn_if_undocumented(&new.client_secret);
+        let now = crate::domain::now();
+        let id = ConnectionId::new();
+        let expiry = match new.client_secret_expires_at {
+            Some(at) => SecretExpiry::known(at),
+            None => SecretExpiry::estimated_from(now),
+        };
+        let connection = Connection {
+            id,
+            name: new.name,
+            account_type: new.account_type,
+            region: new.region,
+            environment: new.environment,
+            client_id: new.client_id,
+            client_secret_hint: new.client_secret.hint(),
+            client_secret_expires_at: expiry.at,
+            client_secret_expires_at_estimated: expiry.estimated,
+            client_secret_updated_at: now,
+            merchant_token: new.merchant_token,
+            application_id: new.application_id,
+            marketplace_ids: Vec::new(),
+            status: ConnectionStatus::Pending,
+            last_error: None,
+            authorized_at: None,
+            last_tested_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let row = ConnectionRow {
+            client_secret: self.seal(id, Field::ClientSecret, new.client_secret.expose()),
+            refresh_token: self.seal(id, Field::RefreshToken, new.refresh_token.expose()),
+            access_token: None,
+            version: 1,
+            connection,
+        };
+        let body = serde_json::to_value(&row.connection).expect("a connection serializes");
+        let record = idempotency.map(|key| IdempotencyRecord {
+            api_key_id: key.api_key_id,
+            key: key.key,
+            request_hash: key.request_hash,
+            connection_id: id,
+            response: body.to_string(),
+            created_at: now,
+        });
+        match self.store.insert_connection(&row, record.as_ref()).await {
+            Ok(()) => Ok(Created { id, body }),
+            // The same key won a race with this request: answer what it created.
+            Err(StoreError::Conflict) if record.is_some() => {
+                let record = record.expect("checked above");
+                let key = IdempotencyKey {
+                    api_key_id: record.api_key_id,
+                    key: record.key,
+                    request_hash: record.request_hash,
+                };
+                self.replay(&key)
+                    .await?
+                    .ok_or(ConnectionError::Store(StoreError::Conflict))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The first answer to this idempotency key, if it was used in the last 24 hours.
+    async fn replay(&self, key: &IdempotencyKey) -> Result<Option<Created>, ConnectionError> {
+        let Some(record) = self
+            .store
+            .find_idempotency(key.api_key_id, &key.key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.request_hash != key.request_hash {
+            return Err(ConnectionError::IdempotencyKeyReused);
+        }
+        let body = serde_json::from_str(&record.response)
+            .map_err(|err| StoreError::Corrupt(format!("idempotency response: {err}")))?;
+        Ok(Some(Created {
+            id: record.connection_id,
+            body,
+        }))
+    }
+
+    pub async fn get(&self, id: ConnectionId) -> Result<Connection, ConnectionError> {
+        Ok(self.store.get_connection(id).await?.connection)
+    }
+
+    pub async fn list(
+        &self,
+        filter: ConnectionFilter,
+        limit: u32,
+    ) -> Result<Page, ConnectionError> {
+        // One more than asked tells whether another page follows.
+        let mut rows = self.store.list_connections(&filter, limit + 1).await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|row| row.connection.id)
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows.into_iter().map(|row| row.connection).collect(),
+            next,
+        })
+    }
+
+    pub async fn update(
+        &self,
+        id: ConnectionId,
+        patch: ConnectionPatch,
+    ) -> Result<Connection, ConnectionError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut row = self.store.get_connection(id).await?;
+            self.apply(&mut row, &patch)?;
+            match self.store.update_connection(&row).await {
+                Ok(()) => return Ok(row.connection),
+                Err(StoreError::Conflict) if attempts < UPDATE_ATTEMPTS => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Applies `patch` to `row`. New credentials send the connection back to `pending`
+    /// and drop its cached access token.
+    fn apply(
+        &self,
+        row: &mut ConnectionRow,
+        patch: &ConnectionPatch,
+    ) -> Result<(), ConnectionError> {
+        let id = row.connection.id;
+        let now = crate::domain::now();
+        let c = &mut row.connection;
+        let mut new_credentials = false;
+
+        if let Some(name) = &patch.name {
+            c.name = name.clone();
+        }
+        if let Some(account_type) = patch.account_type {
+            c.account_type = account_type;
+        }
+        if let Some(merchant_token) = &patch.merchant_token {
+            c.merchant_token = merchant_token.clone();
+        }
+        if let Some(application_id) = &patch.application_id {
+            c.application_id = application_id.clone();
+        }
+        if let Some(region) = patch.region.filter(|region| *region != c.region) {
+            c.region = region;
+            new_credentials = true;
+        }
+        if let Some(environment) = patch.environment.filter(|env| *env != c.environment) {
+            c.environment = environment;
+            new_credentials = true;
+        }
+        if let Some(client_id) = patch.client_id.as_ref().filter(|id| **id != c.client_id) {
+            c.client_id = client_id.clone();
+            new_credentials = true;
+        }
+        if let Some(secret) = &patch.client_secret {
+            let current =
+                self.keyring
+                    .open(&id.to_string(), Field::ClientSecret, &row.client_secret)?;
+            if current.expose_secret() != secret.expose() {
+                row.client_secret = self.seal(id, Field::ClientSecret, secret.expose());
+                c.client_secret_hint = secret.hint();
+                c.client_secret_updated_at = now;
+                // A new secret restarts the estimate unless a date comes with it.
+                if c.client_secret_expires_at_estimated || patch.client_secret_expires_at.is_none()
+                {
+                    c.set_secret_expiry(SecretExpiry::estimated_from(now));
+                }
+                new_credentials = true;
+                warn_if_undocumented(secret);
+            }
+        }
+        if let Some(expires_at) = patch.client_secret_expires_at {
+            c.set_secret_expiry(match expires_at {
+                Some(at) => SecretExpiry::known(at),
+                None => SecretExpiry::estimated_from(c.client_secret_updated_at),
+            });
+        }
+        if let Some(token) = &patch.refresh_token {
+            let current =
+                self.keyring
+                    .open(&id.to_string(), Field::RefreshToken, &row.refresh_token)?;
+            if current.expose_secret() != token.expose() {
+                row.refresh_token = self.seal(id, Field::RefreshToken, token.expose());
+                new_credentials = true;
+            }
+        }
+        if new_credentials {
+            c.status = ConnectionStatus::Pending;
+            row.access_token = None;
+        }
+        c.updated_at = now;
+        row.version += 1;
+        Ok(())
+    }
+
+    pub async fn delete(&self, id: ConnectionId) -> Result<(), ConnectionError> {
+        Ok(self.store.delete_connection(id).await?)
+    }
+
+    fn seal(&self, id: ConnectionId, field: Field, plaintext: &str) -> Sealed {
+        self.keyring.seal(&id.to_string(), field, plaintext)
+    }
+}
+
+fn warn_if_undocumented(secret: &ClientSecret) {
+    if !secret.is_documented_format() {
+        tracing::warn!("client secret is not in Amazon's documented format; accepted anyway");
+    }
+}

@@ -1,0 +1,228 @@
+//! Amazon's identifiers and credentials, in the formats AMAZON.md documents.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::ParseError;
+
+const CLIENT_ID_PREFIX: &str = "amzn1.application-oa2-client.";
+const CLIENT_SECRET_PREFIX: &str = "amzn1.oa2-cs.v1.";
+const REFRESH_TOKEN_PREFIX: &str = "Atzr|";
+/// Amazon documents tokens of at most 2048 bytes.
+const MAX_TOKEN_LEN: usize = 2048;
+const MAX_SECRET_LEN: usize = 512;
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Printable ASCII without spaces: what every Amazon credential is made of.
+fn is_printable_token(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// LWA client identifier: `amzn1.application-oa2-client.` + 32 lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        match input.strip_prefix(CLIENT_ID_PREFIX) {
+            Some(rest) if is_lower_hex(rest, 32) => Ok(Self(input.to_owned())),
+            _ => Err(ParseError::new(format!(
+                "must be `{CLIENT_ID_PREFIX}` followed by 32 lowercase hex digits"
+            ))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// LWA client secret. Debug prints a redaction; the memory is zeroed on drop.
+#[derive(Clone)]
+pub struct ClientSecret(SecretString);
+
+impl ClientSecret {
+    /// Accepts Amazon's documented format and, since formats change, any other
+    /// printable secret of sensible length (`is_documented_format` tells which).
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.len() < 16 || input.len() > MAX_SECRET_LEN || !is_printable_token(input) {
+            return Err(ParseError::new(format!(
+                "must be an LWA client secret (`{CLIENT_SECRET_PREFIX}` followed by 64 lowercase hex digits)"
+            )));
+        }
+        Ok(Self(SecretString::from(input)))
+    }
+
+    pub fn is_documented_format(&self) -> bool {
+        self.0
+            .expose_secret()
+            .strip_prefix(CLIENT_SECRET_PREFIX)
+            .is_some_and(|rest| is_lower_hex(rest, 64))
+    }
+
+    /// The last four characters, safe to show so people can tell secrets apart.
+    pub fn hint(&self) -> String {
+        let secret = self.0.expose_secret();
+        secret[secret.len() - 4..].to_owned()
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecret([redacted])")
+    }
+}
+
+/// LWA refresh token (`Atzr|…`). Debug prints a redaction; zeroed on drop.
+#[derive(Clone)]
+pub struct RefreshToken(SecretString);
+
+impl RefreshToken {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let valid = input.len() > REFRESH_TOKEN_PREFIX.len()
+            && input.len() <= MAX_TOKEN_LEN
+            && input.starts_with(REFRESH_TOKEN_PREFIX)
+            && is_printable_token(input);
+        if !valid {
+            return Err(ParseError::new(format!(
+                "must be an LWA refresh token: `{REFRESH_TOKEN_PREFIX}` followed by printable characters, at most {MAX_TOKEN_LEN} bytes"
+            )));
+        }
+        Ok(Self(SecretString::from(input)))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshToken([redacted])")
+    }
+}
+
+/// The seller's merchant token (seller id): `A` + 9–15 uppercase letters or digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct MerchantToken(String);
+
+impl MerchantToken {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let rest_ok = |rest: &str| {
+            (9..=15).contains(&rest.len())
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        };
+        match input.strip_prefix('A') {
+            Some(rest) if rest_ok(rest) => Ok(Self(input.to_owned())),
+            _ => Err(ParseError::new(
+                "must be a merchant token: `A` followed by 9 to 15 uppercase letters or digits",
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// SP-API application id: `amzn1.sp.solution.<uuid>` or `amzn1.sellerapps.app.<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ApplicationId(String);
+
+impl ApplicationId {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let uuid = input
+            .strip_prefix("amzn1.sp.solution.")
+            .or_else(|| input.strip_prefix("amzn1.sellerapps.app."));
+        match uuid {
+            Some(uuid) if uuid.len() == 36 && uuid::Uuid::try_parse(uuid).is_ok() => {
+                Ok(Self(input.to_owned()))
+            }
+            _ => Err(ParseError::new(
+                "must be `amzn1.sp.solution.<uuid>` or `amzn1.sellerapps.app.<uuid>`",
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT_ID: &str = "amzn1.application-oa2-client.0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn client_id_needs_prefix_and_32_lowercase_hex() {
+        assert!(ClientId::parse(CLIENT_ID).is_ok());
+        assert!(ClientId::parse(&CLIENT_ID.to_uppercase()).is_err());
+        assert!(ClientId::parse(&CLIENT_ID[..CLIENT_ID.len() - 1]).is_err());
+        assert!(ClientId::parse("amzn1.application-oa2-client.").is_err());
+    }
+
+    #[test]
+    fn client_secret_accepts_other_printable_formats_and_redacts() {
+        let documented = format!("amzn1.oa2-cs.v1.{}", "ab".repeat(32));
+        let secret = ClientSecret::parse(&documented).unwrap();
+        assert!(secret.is_documented_format());
+        assert_eq!(secret.hint(), "abab");
+        assert_eq!(format!("{secret:?}"), "ClientSecret([redacted])");
+
+        let other = ClientSecret::parse("some-future-secret-format-1234").unwrap();
+        assert!(!other.is_documented_format());
+        assert!(ClientSecret::parse("short").is_err());
+        assert!(ClientSecret::parse("has a space in the middle!").is_err());
+    }
+
+    #[test]
+    fn refresh_token_needs_atzr_prefix_and_bounded_length() {
+        let token = RefreshToken::parse("Atzr|IwEBIA-example").unwrap();
+        assert_eq!(format!("{token:?}"), "RefreshToken([redacted])");
+        assert!(RefreshToken::parse("Atzr|").is_err());
+        assert!(RefreshToken::parse("Atza|access-token").is_err());
+        assert!(RefreshToken::parse(&format!("Atzr|{}", "x".repeat(2044))).is_err());
+        assert!(RefreshToken::parse(&format!("Atzr|{}", "x".repeat(2043))).is_ok());
+    }
+
+    #[test]
+    fn merchant_token_is_a_then_9_to_15_uppercase_alphanumerics() {
+        assert!(MerchantToken::parse("A2EUQ1WTGCTBG2").is_ok());
+        assert!(MerchantToken::parse("A123456789").is_ok());
+        assert!(MerchantToken::parse("A12345678").is_err());
+        assert!(MerchantToken::parse("A2euq1wtgctbg2").is_err());
+        assert!(MerchantToken::parse("B2EUQ1WTGCTBG2").is_err());
+    }
+
+    #[test]
+    fn application_id_accepts_both_documented_forms() {
+        let uuid = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+        assert!(ApplicationId::parse(&format!("amzn1.sp.solution.{uuid}")).is_ok());
+        assert!(ApplicationId::parse(&format!("amzn1.sellerapps.app.{uuid}")).is_ok());
+        assert!(ApplicationId::parse("amzn1.sp.solution.not-a-uuid").is_err());
+    }
+}

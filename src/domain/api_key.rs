@@ -1,0 +1,230 @@
+//! API keys: who may call the service, and for what.
+
+use std::fmt;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{ParseError, parse_enum};
+
+/// Recognisable in a leak scan (like GitHub's `ghp_`).
+pub const API_KEY_PREFIX: &str = "crk_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Scope {
+    #[serde(rename = "admin")]
+    Admin,
+    #[serde(rename = "connections:write")]
+    ConnectionsWrite,
+    #[serde(rename = "connections:read")]
+    ConnectionsRead,
+    #[serde(rename = "tokens:read")]
+    TokensRead,
+}
+
+impl Scope {
+    const ALL: [(&'static str, Scope); 4] = [
+        ("admin", Scope::Admin),
+        ("connections:write", Scope::ConnectionsWrite),
+        ("connections:read", Scope::ConnectionsRead),
+        ("tokens:read", Scope::TokensRead),
+    ];
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        parse_enum(input, &Self::ALL)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, scope)| *scope == self)
+            .map(|(name, _)| *name)
+            .expect("every scope is listed in ALL")
+    }
+
+    /// Whether a key holding `self` may do what `required` guards.
+    /// `admin` grants everything; writing connections includes reading them.
+    pub fn grants(self, required: Scope) -> bool {
+        self == required
+            || self == Scope::Admin
+            || (self == Scope::ConnectionsWrite && required == Scope::ConnectionsRead)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ApiKeyId(Uuid);
+
+impl ApiKeyId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        Uuid::try_parse(input)
+            .map(Self)
+            .map_err(|_| ParseError::new("must be a UUID"))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl From<Uuid> for ApiKeyId {
+    fn from(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What an operator calls a key ("frontend", "sync-workers").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ApiKeyName(String);
+
+impl ApiKeyName {
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty()
+            || trimmed.chars().count() > 100
+            || trimmed.chars().any(char::is_control)
+        {
+            return Err(ParseError::new(
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stored key, as listed: never the key itself, only its first characters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub name: ApiKeyName,
+    pub scopes: Vec<Scope>,
+    /// The key's first characters, to recognise it.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ApiKey {
+    pub fn allows(&self, required: Scope) -> bool {
+        self.scopes.iter().any(|scope| scope.grants(required))
+    }
+}
+
+/// A key's plaintext: shown once at creation, then only its hash is kept.
+pub struct ApiKeyToken(SecretString);
+
+impl ApiKeyToken {
+    /// 32 random bytes: far beyond guessing, so a plain SHA-256 is a safe hash to store.
+    pub fn generate() -> Self {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+        Self(SecretString::from(format!(
+            "{API_KEY_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(bytes.as_ref())
+        )))
+    }
+
+    /// An operator-chosen key (the bootstrap admin key), or one presented by a caller.
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.len() < 20 || input.len() > 200 || !input.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ParseError::new(
+                "must be 20 to 200 printable characters without spaces",
+            ));
+        }
+        Ok(Self(SecretString::from(input)))
+    }
+
+    pub fn hash(&self) -> ApiKeyHash {
+        ApiKeyHash(Sha256::digest(self.0.expose_secret().as_bytes()).into())
+    }
+
+    /// Enough of the key to recognise it in a list, too little to matter.
+    pub fn display_prefix(&self) -> String {
+        self.0.expose_secret().chars().take(8).collect()
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ApiKeyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeyToken([redacted])")
+    }
+}
+
+/// SHA-256 of a key: what the database stores and the verifier caches.
+#[derive(Clone, Copy, Eq, Hash)]
+pub struct ApiKeyHash(pub [u8; 32]);
+
+/// Constant time, so lookups reveal nothing about how close a guess came.
+impl PartialEq for ApiKeyHash {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl ApiKeyHash {
+    pub fn to_base64(self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    pub fn from_base64(encoded: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
+        bytes.try_into().ok().map(Self)
+    }
+}
+
+impl fmt::Debug for ApiKeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeyHash(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_prefixed_unique_and_hash_stably() {
+        let a = ApiKeyToken::generate();
+        let b = ApiKeyToken::generate();
+        assert!(a.expose().starts_with(API_KEY_PREFIX));
+        assert_eq!(a.expose().len(), API_KEY_PREFIX.len() + 43);
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.hash() == ApiKeyToken::parse(a.expose()).unwrap().hash());
+        let hash = a.hash();
+        assert!(ApiKeyHash::from_base64(&hash.to_base64()) == Some(hash));
+        assert_eq!(format!("{a:?}"), "ApiKeyToken([redacted])");
+    }
+
+    #[test]
+    fn admin_grants_all_and_write_includes_read() {
+        assert!(Scope::Admin.grants(Scope::TokensRead));
+        assert!(Scope::ConnectionsWrite.grants(Scope::ConnectionsRead));
+        assert!(!Scope::ConnectionsRead.grants(Scope::ConnectionsWrite));
+        assert!(!Scope::TokensRead.grants(Scope::ConnectionsRead));
+        assert!(!Scope::ConnectionsWrite.grants(Scope::Admin));
+    }
+}

@@ -1,0 +1,47 @@
+//! Domain types: every value from outside is parsed into one of these once, at the edge,
+//! so the rest of the service never handles an unchecked string.
+
+mod amazon_ids;
+mod api_key;
+mod connection;
+mod region;
+
+pub use amazon_ids::{ApplicationId, ClientId, ClientSecret, MerchantToken, RefreshToken};
+pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
+pub use connection::{
+    Connection, ConnectionId, ConnectionName, ConnectionPatch, ConnectionStatus, LastError,
+    NewConnection, SecretExpiry,
+};
+pub use region::{AccountType, Environment, Region};
+
+/// The current time at the precision both databases store (microseconds), so what a
+/// write returns equals what a later read returns.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::DurationRound;
+    chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::microseconds(1))
+        .expect("truncating to microseconds cannot overflow")
+}
+
+/// Why an outside value was refused; the HTTP layer adds the field name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Parses a closed set of lowercase names; `values` lists them for the error message.
+fn parse_enum<T: Copy>(input: &str, values: &[(&str, T)]) -> Result<T, ParseError> {
+    values
+        .iter()
+        .find(|(name, _)| *name == input)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<_> = values.iter().map(|(name, _)| format!("`{name}`")).collect();
+            ParseError::new(format!("must be one of {}", names.join(", ")))
+        })
+}

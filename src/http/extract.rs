@@ -1,0 +1,138 @@
+//! Extractors that speak the house error format: JSON bodies, query strings, path ids and
+//! API-key authentication.
+
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::fields::Fields;
+use crate::app::AppState;
+use crate::auth::AuthError;
+use crate::domain::{ApiKey, ApiKeyToken, Scope};
+
+/// Largest request body accepted; a connection's form is a few kilobytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON object body. Wrong content type → 415, too large → 413, not JSON or not an
+/// object → 400.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+            } else {
+                ApiError::MalformedJson(format!("could not read the body: {rejection}"))
+            }
+        })?;
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::MalformedJson(
+                "the body must be a JSON object".into(),
+            )),
+            Err(err) => Err(ApiError::MalformedJson(format!(
+                "the body is not valid JSON: {err}"
+            ))),
+        }
+    }
+}
+
+/// The query string as `Fields`, so bad parameters are named like bad body fields.
+pub struct QueryFields(pub Fields);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryFields {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|err| ApiError::invalid("query", err.body_text()))?;
+        let map = pairs
+            .into_iter()
+            .map(|(name, value)| (name, Value::String(value)))
+            .collect();
+        Ok(Self(Fields::new(map)))
+    }
+}
+
+/// The scope a handler needs, as a type, so authorization happens before the body is read.
+pub trait RequiredScope {
+    const SCOPE: Scope;
+}
+
+macro_rules! required_scope {
+    ($($name:ident => $scope:expr),* $(,)?) => {
+        $(
+            pub struct $name;
+            impl RequiredScope for $name {
+                const SCOPE: Scope = $scope;
+            }
+        )*
+    };
+}
+
+required_scope! {
+    Admin => Scope::Admin,
+    ConnectionsWrite => Scope::ConnectionsWrite,
+    ConnectionsRead => Scope::ConnectionsRead,
+    // Held by sync workers; the token endpoint (issue 3) is its only use.
+    TokensRead => Scope::TokensRead,
+}
+
+/// The caller's API key, known to hold scope `S`: missing or unknown key → 401, a key
+/// without the scope → 403.
+pub struct Caller<S> {
+    pub key: ApiKey,
+    scope: PhantomData<S>,
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .and_then(|(_, token)| ApiKeyToken::parse(token.trim()).ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let key = state
+            .api_keys
+            .verify(&presented)
+            .await
+            .map_err(|err| match err {
+                AuthError::UnknownKey => ApiError::Unauthorized,
+                AuthError::Store(err) => err.into(),
+            })?;
+        if !key.allows(S::SCOPE) {
+            return Err(ApiError::Forbidden(S::SCOPE));
+        }
+        Ok(Self {
+            key,
+            scope: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! connection-registry: keeps Amazon SP-API connection credentials, encrypted, and hands
+//! short-lived Login-with-Amazon access tokens to sync workers. See SPEC.md and README.md.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod connections;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;
