@@ -1,0 +1,229 @@
+//! API keys: 401 vs 403, scopes, keys shown once, revocation across replicas.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{ADMIN_KEY, Backend, connection_body, invalid_fields, problem, spawn_app};
+
+both_backends!(
+    missing_or_unknown_keys_are_401,
+    each_scope_allows_only_its_endpoints,
+    created_keys_are_shown_once_and_listed_without_secret,
+    invalid_key_requests_are_named,
+    revoked_key_stops_working_on_every_replica_within_5_seconds,
+);
+
+async fn missing_or_unknown_keys_are_401(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let no_key = app
+        .client
+        .get(app.url("/connections"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.headers()["www-authenticate"], "Bearer");
+    problem(no_key, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    for key in ["crk_unknown-key-0000000000000000000000", "x", ""] {
+        problem(
+            app.get("/connections", key).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
+    }
+    let basic = app
+        .client
+        .get(app.url("/connections"))
+        .header("authorization", format!("Basic {ADMIN_KEY}"))
+        .send()
+        .await
+        .unwrap();
+    problem(basic, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // The endpoints for orchestrators need no key.
+    for path in ["/healthz", "/readyz", "/openapi.yaml"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+async fn each_scope_allows_only_its_endpoints(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_connection(&connection_body(1)).await;
+    let one = format!("/connections/{}", created["id"].as_str().unwrap());
+    let new_key = json!({"name": "k", "scopes": ["tokens:read"]});
+    let calls: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/connections".into(), None),
+        (Method::GET, one.clone(), None),
+        (
+            Method::POST,
+            "/connections".into(),
+            Some(connection_body(2)),
+        ),
+        (Method::PATCH, one.clone(), Some(json!({"name": "n"}))),
+        (Method::GET, "/api-keys".into(), None),
+        (Method::POST, "/api-keys".into(), Some(new_key)),
+    ];
+    // Which of the calls above each scope may make.
+    let expectations = [
+        ("tokens:read", [false, false, false, false, false, false]),
+        ("connections:read", [true, true, false, false, false, false]),
+        ("connections:write", [true, true, true, true, false, false]),
+        ("admin", [true, true, true, true, true, true]),
+    ];
+    for (scope, allowed) in expectations {
+        let key = app.api_key(&[scope]).await;
+        for ((method, path, body), allowed) in calls.iter().zip(allowed) {
+            let response = app.request(method.clone(), path, &key, body.as_ref()).await;
+            if allowed {
+                assert!(
+                    response.status().is_success(),
+                    "{scope} {method} {path}: {}",
+                    response.status()
+                );
+            } else {
+                let body = problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+                assert!(
+                    body["detail"].as_str().unwrap().contains('`'),
+                    "names the scope"
+                );
+            }
+        }
+    }
+    // A forbidden caller learns nothing about the body: 403 comes before validation.
+    let reader = app.api_key(&["connections:read"]).await;
+    problem(
+        app.post("/connections", &reader, &json!({"region": "bad"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let writer = app.api_key(&["connections:write"]).await;
+    let delete = app.delete(&one, &writer).await;
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+}
+
+async fn created_keys_are_shown_once_and_listed_without_secret(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .post(
+            "/api-keys",
+            ADMIN_KEY,
+            &json!({"name": "sync workers", "scopes": ["tokens:read", "connections:read"]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let key = created["api_key"].as_str().unwrap();
+    assert!(key.starts_with("crk_") && key.len() > 40);
+    assert_eq!(
+        created["scopes"],
+        json!(["tokens:read", "connections:read"])
+    );
+    assert_eq!(created["prefix"], key[..8]);
+
+    let list: Value = app.get("/api-keys", ADMIN_KEY).await.json().await.unwrap();
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["id"] == created["id"])
+        .expect("new key listed");
+    assert_eq!(listed["name"], "sync workers");
+    assert!(listed.get("api_key").is_none());
+    assert!(
+        !list.to_string().contains(key),
+        "the key is never shown again"
+    );
+
+    let response = app.get("/connections", key).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn invalid_key_requests_are_named(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = problem(
+        app.post(
+            "/api-keys",
+            ADMIN_KEY,
+            &json!({"name": "", "scopes": ["root"], "extra": 1}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(invalid_fields(&body), ["extra", "name", "scopes"]);
+    let body = problem(
+        app.post("/api-keys", ADMIN_KEY, &json!({"name": "x", "scopes": []}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(invalid_fields(&body), ["scopes"]);
+    for path in [
+        "/api-keys/not-an-id",
+        &format!("/api-keys/{}", uuid::Uuid::now_v7()),
+    ] {
+        problem(
+            app.delete(path, ADMIN_KEY).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+}
+
+async fn revoked_key_stops_working_on_every_replica_within_5_seconds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let replica = app.replica().await;
+    let created: Value = app
+        .post(
+            "/api-keys",
+            ADMIN_KEY,
+            &json!({"name": "doomed", "scopes": ["connections:read"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = created["api_key"].as_str().unwrap();
+    // Both replicas know it (the replica looks it up on first use, then from memory).
+    assert_eq!(app.get("/connections", key).await.status(), StatusCode::OK);
+    assert_eq!(
+        replica.get("/connections", key).await.status(),
+        StatusCode::OK
+    );
+
+    let revoked = app
+        .delete(
+            &format!("/api-keys/{}", created["id"].as_str().unwrap()),
+            ADMIN_KEY,
+        )
+        .await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/connections", key).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = replica.get("/connections", key).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            Instant::now() < deadline,
+            "revoked key still works on the replica after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list: Value = app.get("/api-keys", ADMIN_KEY).await.json().await.unwrap();
+    assert!(!list.to_string().contains("doomed"));
+}

@@ -1,0 +1,320 @@
+//! `spawn_app`: the real server on a random port, over a fresh Postgres database or SQLite
+//! file per test, with a typed client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use connection_registry::app::Application;
+use connection_registry::cli::Settings;
+use connection_registry::config::Config;
+use connection_registry::store::Store;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Postgres server the suite creates its databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub const MASTER_KEYS: &str = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+pub const OTHER_MASTER_KEY: &str = "k1:ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+pub const ADMIN_KEY: &str = "crk_test-bootstrap-admin-key-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A database of its own for one test; dropped (Postgres) or deleted (SQLite) after it.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pub name: String,
+    sqlite_dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Arc<Self> {
+        let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                run_admin_sql(&admin, &format!("CREATE DATABASE {name}")).await;
+                let url = replace_database(&admin, &name);
+                Arc::new(Self {
+                    backend,
+                    url,
+                    name,
+                    sqlite_dir: None,
+                })
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}/registry.db", dir.path().display());
+                Arc::new(Self {
+                    backend,
+                    url,
+                    name,
+                    sqlite_dir: Some(dir),
+                })
+            }
+        }
+    }
+
+    pub fn sqlite_dir(&self) -> Option<PathBuf> {
+        self.sqlite_dir.as_ref().map(|dir| dir.path().to_path_buf())
+    }
+
+    /// A direct handle on the database, for what the API cannot show.
+    pub async fn store(&self) -> Store {
+        Store::open(&self.url).await.expect("open test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop runs outside any runtime (or inside one that may be shutting down).
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(run_admin_sql(&postgres_admin_url(), &sql));
+        })
+        .join();
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("TEST_POSTGRES_URL is a URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+async fn run_admin_sql(admin_url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach Postgres at {admin_url}: {err}"));
+    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+}
+
+pub fn settings(db: &TestDb, master_keys: Option<&str>) -> Settings {
+    Settings {
+        database_url: Some(db.url.clone()),
+        listen: "127.0.0.1:0".into(),
+        master_keys: master_keys.map(str::to_owned),
+        bootstrap_admin_key: Some(ADMIN_KEY.into()),
+        lwa_token_url: "http://127.0.0.1:9/auth/o2/token".into(),
+        spapi_url: None,
+        log_format: None,
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: Arc<TestDb>,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDb::new(backend).await;
+    TestApp::start(db, Some(MASTER_KEYS))
+        .await
+        .expect("app starts")
+}
+
+impl TestApp {
+    /// Starts a server (a replica) over `db`.
+    pub async fn start(db: Arc<TestDb>, master_keys: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(db.clone(), settings(&db, master_keys)).await
+    }
+
+    pub async fn start_with(db: Arc<TestDb>, settings: Settings) -> anyhow::Result<Self> {
+        let config = Config::from_settings(&settings)?;
+        let app = Application::build(config).await?;
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            db,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            server: Some(server),
+        })
+    }
+
+    /// Another replica over the same database.
+    pub async fn replica(&self) -> TestApp {
+        TestApp::start(self.db.clone(), Some(MASTER_KEYS))
+            .await
+            .expect("replica starts")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) -> Arc<TestDb> {
+        self.stop_in_place().await;
+        self.db.clone()
+    }
+
+    async fn stop_in_place(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.request(Method::GET, path, key, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.request(Method::POST, path, key, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path, key, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> Response {
+        self.request(Method::DELETE, path, key, None).await
+    }
+
+    /// Creates a connection as admin and returns its JSON.
+    pub async fn create_connection(&self, body: &Value) -> Value {
+        let response = self.post("/connections", ADMIN_KEY, body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("JSON body")
+    }
+
+    /// Creates an API key with these scopes and returns its plaintext.
+    pub async fn api_key(&self, scopes: &[&str]) -> String {
+        let response = self
+            .post(
+                "/api-keys",
+                ADMIN_KEY,
+                &json!({"name": "test", "scopes": scopes}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("JSON body");
+        body["api_key"].as_str().expect("api_key").to_owned()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub const CLIENT_ID: &str = "amzn1.application-oa2-client.0123456789abcdef0123456789abcdef";
+
+/// A valid create body; `n` makes its secrets unique so a dump can be searched for them.
+pub fn connection_body(n: u32) -> Value {
+    json!({
+        "name": format!("Shop {n}"),
+        "region": "eu",
+        "environment": "production",
+        "client_id": CLIENT_ID,
+        "client_secret": client_secret(n),
+        "refresh_token": refresh_token(n),
+        "merchant_token": "A2EUQ1WTGCTBG2",
+    })
+}
+
+pub fn client_secret(n: u32) -> String {
+    format!("amzn1.oa2-cs.v1.{:064x}", 0xc1_1e57_0000_u64 + u64::from(n))
+}
+
+pub fn refresh_token(n: u32) -> String {
+    format!("Atzr|IwEBIPlaintextRefreshToken-{n:08}-do-not-store")
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["code"], code, "problem code in {body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// The fields a 422 names, sorted.
+pub fn invalid_fields(problem: &Value) -> Vec<String> {
+    let mut fields: Vec<String> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field").to_owned())
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// Runs one async test body against Postgres and against SQLite.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
