@@ -122,7 +122,7 @@ impl ApiKeyVerifier {
 
 fn describe(token: &ApiKeyToken, name: ApiKeyName, scopes: Vec<Scope>) -> ApiKey {
     ApiKey {
-        id: ApiKeyId::new(),
+        id: ApiKeyId::generate(),
         name,
         scopes,
         prefix: token.display_prefix(),

@@ -79,7 +79,7 @@ impl Connections {
         }
         warn_if_undocumented(&new.client_secret);
         let now = crate::domain::now();
-        let id = ConnectionId::new();
+        let id = ConnectionId::generate();
         let expiry = match new.client_secret_expires_at {
             Some(at) => SecretExpiry::known(at),
             None => SecretExpiry::estimated_from(now),

@@ -61,7 +61,7 @@ impl Scope {
 pub struct ApiKeyId(Uuid);
 
 impl ApiKeyId {
-    pub fn new() -> Self {
+    pub fn generate() -> Self {
         Self(Uuid::now_v7())
     }
 
@@ -174,8 +174,14 @@ impl fmt::Debug for ApiKeyToken {
 }
 
 /// SHA-256 of a key: what the database stores and the verifier caches.
-#[derive(Clone, Copy, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct ApiKeyHash(pub [u8; 32]);
+
+impl std::hash::Hash for ApiKeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 /// Constant time, so lookups reveal nothing about how close a guess came.
 impl PartialEq for ApiKeyHash {

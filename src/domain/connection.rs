@@ -18,7 +18,7 @@ pub struct ConnectionId(Uuid);
 
 impl ConnectionId {
     /// UUIDv7: ids sort by creation time, which keeps cursor pagination stable.
-    pub fn new() -> Self {
+    pub fn generate() -> Self {
         Self(Uuid::now_v7())
     }
 

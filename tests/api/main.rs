@@ -4,4 +4,7 @@ mod helpers;
 
 mod api_keys;
 mod connections;
+mod secrets;
+mod startup;
+mod storage;
 mod validation;

@@ -1,0 +1,189 @@
+//! Secrets at rest: nothing in plaintext in a dump, ciphertexts bound to their row and
+//! field, and start-up refusing a wrong or missing master key.
+
+use connection_registry::crypto::{Field, Keyring};
+use connection_registry::domain::ConnectionId;
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{
+    ADMIN_KEY, Backend, MASTER_KEYS, OTHER_MASTER_KEY, TestApp, TestDb, client_secret,
+    connection_body, refresh_token, spawn_app,
+};
+
+both_backends!(
+    no_plaintext_secret_reaches_the_database,
+    ciphertext_moved_to_another_row_or_field_does_not_decrypt,
+    restart_with_the_same_key_reads_everything_back,
+    restart_with_a_wrong_or_missing_key_fails_clearly,
+    a_second_key_decrypts_what_the_first_one_sealed,
+);
+
+/// Every byte the database holds, as text: a pg_dump, or the SQLite files.
+async fn database_contents(db: &TestDb) -> String {
+    match db.backend {
+        Backend::Postgres => {
+            let output = tokio::process::Command::new("pg_dump")
+                .arg("--no-owner")
+                .arg(&db.url)
+                .output()
+                .await
+                .expect("pg_dump runs");
+            assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).expect("dump is text")
+        }
+        Backend::Sqlite => {
+            let mut contents = String::new();
+            for entry in std::fs::read_dir(db.sqlite_dir().unwrap()).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                contents.push_str(&String::from_utf8_lossy(&bytes));
+            }
+            contents
+        }
+    }
+}
+
+async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let writer = app.api_key(&["connections:write"]).await;
+    let created = app.create_connection(&connection_body(1)).await;
+    let path = format!("/connections/{}", created["id"].as_str().unwrap());
+    let patched = app
+        .patch(
+            &path,
+            ADMIN_KEY,
+            &json!({"client_secret": client_secret(2), "refresh_token": refresh_token(2)}),
+        )
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    app.create_connection(&connection_body(3)).await;
+    let db = app.stop().await;
+
+    let contents = database_contents(&db).await;
+    assert!(contents.contains("v1:k1:"), "sealed values are in the dump");
+    assert!(contents.contains("A2EUQ1WTGCTBG2"), "the dump is readable at all");
+    let secrets = [
+        client_secret(1),
+        client_secret(2),
+        client_secret(3),
+        refresh_token(1),
+        refresh_token(2),
+        refresh_token(3),
+        // Amazon's fixed prefixes: no secret, old or new, appears even in part.
+        "amzn1.oa2-cs.v1.".to_owned(),
+        "Atzr|".to_owned(),
+        ADMIN_KEY.to_owned(),
+        writer,
+        MASTER_KEYS.split_once(':').unwrap().1.to_owned(),
+    ];
+    for secret in secrets {
+        assert!(!contents.contains(&secret), "{secret} found in the database");
+    }
+}
+
+async fn ciphertext_moved_to_another_row_or_field_does_not_decrypt(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let a = app.create_connection(&connection_body(1)).await;
+    let b = app.create_connection(&connection_body(2)).await;
+    let id = |c: &Value| ConnectionId::parse(c["id"].as_str().unwrap()).unwrap();
+    let store = app.db.store().await;
+    let row_a = store.get_connection(id(&a)).await.unwrap();
+    let keyring = Keyring::parse(MASTER_KEYS).unwrap();
+    let owner_a = id(&a).to_string();
+    let owner_b = id(&b).to_string();
+
+    let opened = keyring.open(&owner_a, Field::ClientSecret, &row_a.client_secret).unwrap();
+    assert_eq!(opened.expose_secret(), client_secret(1));
+    assert!(keyring.open(&owner_b, Field::ClientSecret, &row_a.client_secret).is_err());
+    assert!(keyring.open(&owner_a, Field::RefreshToken, &row_a.client_secret).is_err());
+    assert!(keyring.open(&owner_a, Field::ClientSecret, &row_a.refresh_token).is_err());
+
+    // Copied into B's row through the database, A's secret makes B's row unusable rather
+    // than leaking A's secret: the service refuses to open it.
+    let mut row_b = store.get_connection(id(&b)).await.unwrap();
+    row_b.client_secret = row_a.client_secret.clone();
+    row_b.version += 1;
+    store.update_connection(&row_b).await.unwrap();
+    let response = app
+        .patch(
+            &format!("/connections/{}", id(&b)),
+            ADMIN_KEY,
+            &json!({"client_secret": client_secret(9)}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&client_secret(1)));
+}
+
+async fn restart_with_the_same_key_reads_everything_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let writer = app.api_key(&["connections:write"]).await;
+    let created = app.create_connection(&connection_body(1)).await;
+    let path = format!("/connections/{}", created["id"].as_str().unwrap());
+    let db = app.stop().await;
+
+    let app = TestApp::start(db, Some(MASTER_KEYS)).await.expect("restarts");
+    let read: Value = app.get(&path, &writer).await.json().await.unwrap();
+    assert_eq!(read, created);
+    // The sealed secrets still open: a PATCH compares against them.
+    let patched: Value = app
+        .patch(&path, ADMIN_KEY, &json!({"client_secret": client_secret(1)}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["client_secret_updated_at"], created["client_secret_updated_at"]);
+}
+
+async fn restart_with_a_wrong_or_missing_key_fails_clearly(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.create_connection(&connection_body(1)).await;
+    let db = app.stop().await;
+
+    let err = TestApp::start(db.clone(), Some(OTHER_MASTER_KEY))
+        .await
+        .err()
+        .expect("a wrong key must not start");
+    assert_eq!(
+        format!("{err:#}"),
+        "REGISTRY_MASTER_KEYS: key `k1` is not the key that encrypted this database"
+    );
+
+    let only_new = format!("k2:{}", OTHER_MASTER_KEY.split_once(':').unwrap().1);
+    let err = TestApp::start(db.clone(), Some(&only_new))
+        .await
+        .err()
+        .expect("a missing key must not start");
+    let message = format!("{err:#}");
+    assert!(message.starts_with("REGISTRY_MASTER_KEYS: "), "{message}");
+    assert!(message.contains("`k1`") && message.contains("not configured"), "{message}");
+
+    // The right key still works after the refusals.
+    let app = TestApp::start(db, Some(MASTER_KEYS)).await.expect("restarts");
+    let list: Value = app.get("/connections", ADMIN_KEY).await.json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_connection(&connection_body(1)).await;
+    let id = ConnectionId::parse(created["id"].as_str().unwrap()).unwrap();
+    let db = app.stop().await;
+
+    // k2 now encrypts; k1 still decrypts.
+    let both = format!("k2:{},{MASTER_KEYS}", OTHER_MASTER_KEY.split_once(':').unwrap().1);
+    let app = TestApp::start(db, Some(&both)).await.expect("starts with two keys");
+    let created_2 = app.create_connection(&connection_body(2)).await;
+    let store = app.db.store().await;
+    let old = store.get_connection(id).await.unwrap();
+    assert_eq!(old.client_secret.key_id(), Some("k1"));
+    let new_id = ConnectionId::parse(created_2["id"].as_str().unwrap()).unwrap();
+    let new = store.get_connection(new_id).await.unwrap();
+    assert_eq!(new.client_secret.key_id(), Some("k2"));
+    let keyring = Keyring::parse(&both).unwrap();
+    let opened = keyring.open(&id.to_string(), Field::RefreshToken, &old.refresh_token).unwrap();
+    assert_eq!(opened.expose_secret(), refresh_token(1));
+}

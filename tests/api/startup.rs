@@ -1,0 +1,126 @@
+//! The binary: start-up errors are one clear line; the embedded default sets itself up.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_connection-registry");
+
+/// Runs the binary with only the given environment; returns its exit status and stderr.
+async fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (bool, String) {
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(BINARY)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("runs");
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("DATABASE_URL", "mysql://localhost/db")], "DATABASE_URL (--database-url): "),
+        (&[("REGISTRY_LISTEN", "localhost")], "REGISTRY_LISTEN (--listen): "),
+        (&[("REGISTRY_MASTER_KEYS", "k1:dG9vIHNob3J0")], "REGISTRY_MASTER_KEYS (--master-keys): key `k1` is 9 bytes"),
+        (&[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")], "REGISTRY_MASTER_KEYS (--master-keys): required with Postgres"),
+        (&[("REGISTRY_LWA_TOKEN_URL", "not a url")], "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): "),
+    ];
+    for (env, expected) in cases {
+        let (ok, stderr) = run(&["serve"], env, dir.path()).await;
+        assert!(!ok, "{env:?} must fail");
+        let lines: Vec<_> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "exactly one line for {env:?}: {stderr}");
+        assert!(lines[0].starts_with(&format!("connection-registry: {expected}")), "{env:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+    }
+    assert!(!dir.path().join("data").exists(), "a refused start creates nothing");
+}
+
+#[tokio::test]
+async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BINARY)
+        .env_clear()
+        .env("REGISTRY_LISTEN", "127.0.0.1:0")
+        .env("REGISTRY_LOG_FORMAT", "json")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    let admin_key = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if let Some(key) = line.trim().strip_prefix("crk_") {
+                return format!("crk_{key}");
+            }
+        }
+        panic!("no admin key printed")
+    })
+    .await
+    .expect("admin key printed in time");
+    let address = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut warned = false;
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            let log: Value = serde_json::from_str(&line).expect("json logs");
+            let message = log["fields"]["message"].as_str().unwrap_or_default();
+            warned |= message.contains("GENERATED A NEW MASTER KEY");
+            assert!(!line.contains(&admin_key), "the admin key is not logged");
+            if let Some(address) = log["fields"]["address"].as_str() {
+                assert!(warned, "the generated key is announced loudly");
+                return address.to_owned();
+            }
+        }
+        panic!("server did not report its address")
+    })
+    .await
+    .expect("listening in time");
+
+    let data = dir.path().join("data");
+    assert!(data.join("registry.db").exists());
+    assert!(data.join("master.key").exists());
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}/api-keys"))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // SIGTERM: a graceful stop.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    assert!(status.success(), "exits cleanly on SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn openapi_document_is_served() {
+    let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
+    let response = app.client.get(app.url("/openapi.yaml")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/yaml");
+    let text = response.text().await.unwrap();
+    assert_eq!(text, include_str!("../../openapi.yaml"));
+    assert!(text.starts_with("openapi: 3.1"));
+    let health: Value = app.client.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+}
