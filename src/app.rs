@@ -10,12 +10,15 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::amazon::endpoints::SpApiHosts;
+use crate::amazon::lwa::LwaClient;
 use crate::auth::ApiKeyVerifier;
 use crate::config::{Config, DatabaseUrl};
 use crate::connections::Connections;
 use crate::crypto::{Field, Keyring};
 use crate::domain::{ApiKeyName, Scope};
 use crate::store::{KeyCheck, Store};
+use crate::tokens::TokenService;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -23,6 +26,7 @@ pub struct AppState {
     pub store: Store,
     pub connections: Connections,
     pub api_keys: ApiKeyVerifier,
+    pub tokens: TokenService,
 }
 
 pub struct Application {
@@ -58,9 +62,17 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("REGISTRY_LISTEN: cannot listen on {}", config.listen))?;
+        let tokens = TokenService::new(
+            store.clone(),
+            keyring.clone(),
+            LwaClient::new(config.lwa_token_url.clone(), config.lwa.clone()),
+            SpApiHosts::new(config.spapi_url.clone()),
+            config.tokens.clone(),
+        );
         let state = AppState {
-            connections: Connections::new(store.clone(), keyring),
+            connections: Connections::new(store.clone(), keyring, tokens.clone()),
             api_keys,
+            tokens,
             store,
         };
         Ok(Self { listener, state })
@@ -77,9 +89,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let background: Vec<JoinHandle<()>> = vec![tokio::spawn(
-            self.state.api_keys.clone().reload_periodically(),
-        )];
+        let background: Vec<JoinHandle<()>> = vec![
+            tokio::spawn(self.state.api_keys.clone().reload_periodically()),
+            tokio::spawn(self.state.tokens.clone().refresh_ahead_periodically()),
+            tokio::spawn(self.state.tokens.clone().follow_changes()),
+        ];
         let store = self.state.store.clone();
         tracing::info!(address = %self.local_addr(), "listening");
         let served = axum::serve(self.listener, crate::http::router(self.state))

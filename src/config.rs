@@ -10,9 +10,11 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
+use crate::amazon::lwa::LwaSettings;
 use crate::cli::Settings;
 use crate::crypto::Keyring;
 use crate::domain::ApiKeyToken;
+use crate::tokens::TokenSettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/registry.db";
 /// Key id of a master key generated for the embedded default.
@@ -92,6 +94,10 @@ pub struct Config {
     pub bootstrap_admin_key: Option<ApiKeyToken>,
     pub lwa_token_url: Url,
     pub spapi_url: Option<Url>,
+    /// Timeouts and retries of the LWA exchange (not settable from outside; tests tune it).
+    pub lwa: LwaSettings,
+    /// Refresh-ahead pacing (likewise).
+    pub tokens: TokenSettings,
 }
 
 impl Config {
@@ -142,6 +148,8 @@ impl Config {
                 .as_deref()
                 .map(|url| parse_http_url(SPAPI_URL, url))
                 .transpose()?,
+            lwa: LwaSettings::default(),
+            tokens: TokenSettings::default(),
         })
     }
 

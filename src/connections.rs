@@ -12,6 +12,7 @@ use crate::domain::{
     NewConnection, SecretExpiry,
 };
 use crate::store::{ConnectionFilter, ConnectionRow, IdempotencyRecord, Store, StoreError};
+use crate::tokens::TokenService;
 
 /// How often a PATCH re-reads and retries when another write lands between its read and
 /// its write.
@@ -60,11 +61,16 @@ pub struct Page {
 pub struct Connections {
     store: Store,
     keyring: Arc<Keyring>,
+    tokens: TokenService,
 }
 
 impl Connections {
-    pub fn new(store: Store, keyring: Arc<Keyring>) -> Self {
-        Self { store, keyring }
+    pub fn new(store: Store, keyring: Arc<Keyring>, tokens: TokenService) -> Self {
+        Self {
+            store,
+            keyring,
+            tokens,
+        }
     }
 
     pub async fn create(
@@ -193,7 +199,11 @@ impl Connections {
             let mut row = self.store.get_connection(id).await?;
             self.apply(&mut row, &patch)?;
             match self.store.update_connection(&row).await {
-                Ok(()) => return Ok(row.connection),
+                Ok(()) => {
+                    // Every replica re-reads it: new credentials, or what a token response shows.
+                    self.tokens.invalidate(id).await;
+                    return Ok(row.connection);
+                }
                 Err(StoreError::Conflict) if attempts < UPDATE_ATTEMPTS => continue,
                 Err(err) => return Err(err.into()),
             }
@@ -278,7 +288,9 @@ impl Connections {
     }
 
     pub async fn delete(&self, id: ConnectionId) -> Result<(), ConnectionError> {
-        Ok(self.store.delete_connection(id).await?)
+        self.store.delete_connection(id).await?;
+        self.tokens.invalidate(id).await;
+        Ok(())
     }
 
     fn seal(&self, id: ConnectionId, field: Field, plaintext: &str) -> Sealed {

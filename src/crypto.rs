@@ -54,7 +54,7 @@ pub enum KeyringError {
     DuplicateId(String),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("sealed value is malformed")]
     Malformed,

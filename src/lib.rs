@@ -1,6 +1,7 @@
 //! connection-registry: keeps Amazon SP-API connection credentials, encrypted, and hands
 //! short-lived Login-with-Amazon access tokens to sync workers. See SPEC.md and README.md.
 
+pub mod amazon;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -12,3 +13,4 @@ pub mod domain;
 pub mod http;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;

@@ -23,6 +23,7 @@ CREATE TABLE connections (
     authorized_at TIMESTAMPTZ,
     last_tested_at TIMESTAMPTZ,
     access_token TEXT,
+    access_token_fetched_at TIMESTAMPTZ,
     access_token_expires_at TIMESTAMPTZ,
     version BIGINT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,

@@ -23,6 +23,7 @@ CREATE TABLE connections (
     authorized_at TEXT,
     last_tested_at TEXT,
     access_token TEXT,
+    access_token_fetched_at TEXT,
     access_token_expires_at TEXT,
     version INTEGER NOT NULL,
     created_at TEXT NOT NULL,

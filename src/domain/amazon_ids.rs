@@ -67,6 +67,11 @@ impl ClientSecret {
         Ok(Self(SecretString::from(input)))
     }
 
+    /// A secret this service stored after parsing it; not checked again.
+    pub fn from_stored(secret: SecretString) -> Self {
+        Self(secret)
+    }
+
     pub fn is_documented_format(&self) -> bool {
         self.0
             .expose_secret()
@@ -107,6 +112,11 @@ impl RefreshToken {
             )));
         }
         Ok(Self(SecretString::from(input)))
+    }
+
+    /// A token this service stored after parsing it; not checked again.
+    pub fn from_stored(token: SecretString) -> Self {
+        Self(token)
     }
 
     pub fn expose(&self) -> &str {

@@ -100,6 +100,14 @@ impl ConnectionStatus {
         super::parse_enum(input, &Self::ALL)
     }
 
+    /// Amazon refused these credentials: workers must stop until a person fixes them.
+    pub fn is_refused(self) -> bool {
+        matches!(
+            self,
+            Self::RefreshTokenInvalid | Self::ClientCredentialsInvalid | Self::ClientSecretExpired
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         Self::ALL
             .iter()

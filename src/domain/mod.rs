@@ -5,6 +5,7 @@ mod amazon_ids;
 mod api_key;
 mod connection;
 mod region;
+mod token;
 
 pub use amazon_ids::{ApplicationId, ClientId, ClientSecret, MerchantToken, RefreshToken};
 pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
@@ -13,6 +14,7 @@ pub use connection::{
     NewConnection, SecretExpiry,
 };
 pub use region::{AccountType, Environment, Region};
+pub use token::AccessToken;
 
 /// The current time at the precision both databases store (microseconds), so what a
 /// write returns equals what a later read returns.

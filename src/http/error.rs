@@ -37,6 +37,17 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
+    /// Amazon refused the credentials: a 422 with LWA's error as the code.
+    #[error("{detail}")]
+    Refused { code: &'static str, detail: String },
+    /// Amazon is failing: 502 (nonsense answer) or 503 (unavailable), with `Retry-After`.
+    #[error("{detail}")]
+    Upstream {
+        status: StatusCode,
+        code: &'static str,
+        detail: String,
+        retry_after_secs: u64,
+    },
     #[error("no route for this method and path")]
     MethodNotAllowed,
     #[error("the database is unavailable")]
@@ -65,6 +76,8 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            Self::Refused { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::Upstream { status, code, .. } => (*status, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -124,6 +137,11 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
                 );
+            }
+            Self::Upstream {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
         }

@@ -96,7 +96,6 @@ required_scope! {
     Admin => Scope::Admin,
     ConnectionsWrite => Scope::ConnectionsWrite,
     ConnectionsRead => Scope::ConnectionsRead,
-    // Held by sync workers; the token endpoint (issue 3) is its only use.
     TokensRead => Scope::TokensRead,
 }
 

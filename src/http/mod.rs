@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod fields;
 mod health;
+mod tokens;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(connections::router())
         .merge(api_keys::router())
+        .merge(tokens::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -10,6 +10,7 @@
 mod postgres;
 mod rows;
 mod sqlite;
+mod tokens;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -21,7 +22,8 @@ use crate::domain::{
     Region,
 };
 use rows::{ApiKeyColumns, ConnectionColumns, bind_connection};
-pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck};
+pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
+pub use tokens::{Change, ChangeListener, TokenLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +52,8 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
+            // A connection cut mid-handshake reads as garbage (a proxy or balancer in between).
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
             // Postgres says the server is shutting down or not yet accepting connections.
             sqlx::Error::Database(db)
@@ -111,12 +115,35 @@ macro_rules! on_pool {
     };
 }
 
-const CONNECTION_COLUMNS: &str = "id, name, account_type, region, environment, client_id, \
+/// The connection columns in `bind_connection` order (a macro, so `concat!` can use it).
+macro_rules! connection_columns {
+    () => {
+        "id, name, account_type, region, environment, client_id, \
     client_secret, client_secret_hint, client_secret_expires_at, \
     client_secret_expires_at_estimated, client_secret_updated_at, refresh_token, \
     merchant_token, application_id, marketplace_ids, status, last_error_code, \
     last_error_message, last_error_at, authorized_at, last_tested_at, access_token, \
-    access_token_expires_at, version, created_at, updated_at";
+    access_token_fetched_at, access_token_expires_at, version, created_at, updated_at"
+    };
+}
+
+const SELECT_CONNECTION: &str = concat!(
+    "SELECT ",
+    connection_columns!(),
+    " FROM connections WHERE id = $1"
+);
+
+/// Writes every column if the stored row is still at the version before `$25`.
+const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type = $3, \
+    region = $4, environment = $5, client_id = $6, client_secret = $7, \
+    client_secret_hint = $8, client_secret_expires_at = $9, \
+    client_secret_expires_at_estimated = $10, client_secret_updated_at = $11, \
+    refresh_token = $12, merchant_token = $13, application_id = $14, marketplace_ids = $15, \
+    status = $16, last_error_code = $17, last_error_message = $18, last_error_at = $19, \
+    authorized_at = $20, last_tested_at = $21, access_token = $22, \
+    access_token_fetched_at = $23, access_token_expires_at = $24, version = $25, \
+    created_at = $26, updated_at = $27 \
+    WHERE id = $1 AND version = $25 - 1";
 
 impl Store {
     /// Opens `url` (`postgres://…` or `sqlite://…`) and brings the schema up to date.
@@ -184,10 +211,11 @@ impl Store {
         row: &ConnectionRow,
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<(), StoreError> {
-        let insert = format!(
-            "INSERT INTO connections ({CONNECTION_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-              $19, $20, $21, $22, $23, $24, $25, $26)"
+        let insert = concat!(
+            "INSERT INTO connections (",
+            connection_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
         );
         let remember = "INSERT INTO idempotency_keys \
             (api_key_id, key, request_hash, connection_id, response, created_at) \
@@ -204,7 +232,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            bind_connection(sqlx::query(&insert), columns).execute(&mut *tx).await?;
+            bind_connection(sqlx::query(insert), columns).execute(&mut *tx).await?;
             if let Some(record) = idempotency {
                 sqlx::query(remember)
                     .bind(record.api_key_id.as_uuid())
@@ -237,9 +265,8 @@ impl Store {
     }
 
     pub async fn get_connection(&self, id: ConnectionId) -> Result<ConnectionRow, StoreError> {
-        let sql = format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1");
         let columns: ConnectionColumns = on_pool!(self, pool =>
-            sqlx::query_as(&sql).bind(id.as_uuid()).fetch_one(pool).await)?;
+            sqlx::query_as(SELECT_CONNECTION).bind(id.as_uuid()).fetch_one(pool).await)?;
         columns.try_into()
     }
 
@@ -249,14 +276,16 @@ impl Store {
         filter: &ConnectionFilter,
         limit: u32,
     ) -> Result<Vec<ConnectionRow>, StoreError> {
-        let sql = format!(
-            "SELECT {CONNECTION_COLUMNS} FROM connections \
+        let sql = concat!(
+            "SELECT ",
+            connection_columns!(),
+            " FROM connections \
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR region = $2) \
                AND ($3 IS NULL OR environment = $3) AND ($4 IS NULL OR merchant_token = $4) \
                AND ($5 IS NULL OR id > $5) \
              ORDER BY id LIMIT $6"
         );
-        let rows: Vec<ConnectionColumns> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let rows: Vec<ConnectionColumns> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(filter.status.map(ConnectionStatus::as_str))
             .bind(filter.region.map(Region::as_str))
             .bind(filter.environment.map(Environment::as_str))
@@ -271,18 +300,11 @@ impl Store {
     /// Writes every column of `row` if the stored row is still at `row.version - 1`:
     /// `Conflict` means someone else changed it since it was read.
     pub async fn update_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
-        let sql = "UPDATE connections SET name = $2, account_type = $3, region = $4, \
-            environment = $5, client_id = $6, client_secret = $7, client_secret_hint = $8, \
-            client_secret_expires_at = $9, client_secret_expires_at_estimated = $10, \
-            client_secret_updated_at = $11, refresh_token = $12, merchant_token = $13, \
-            application_id = $14, marketplace_ids = $15, status = $16, last_error_code = $17, \
-            last_error_message = $18, last_error_at = $19, authorized_at = $20, \
-            last_tested_at = $21, access_token = $22, access_token_expires_at = $23, \
-            version = $24, created_at = $25, updated_at = $26 \
-            WHERE id = $1 AND version = $24 - 1";
         let columns = ConnectionColumns::from(row);
-        let updated = on_pool!(self, pool =>
-            bind_connection(sqlx::query(sql), columns).execute(pool).await.map(|done| done.rows_affected()))?;
+        let updated = on_pool!(self, pool => bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
         if updated == 1 {
             return Ok(());
         }

@@ -19,10 +19,18 @@ pub struct ConnectionRow {
     pub connection: Connection,
     pub client_secret: Sealed,
     pub refresh_token: Sealed,
-    /// The shared access token and when it expires.
-    pub access_token: Option<(Sealed, DateTime<Utc>)>,
+    /// The access token shared by every replica.
+    pub access_token: Option<StoredToken>,
     /// Bumped by every write; an update only lands on the version it read.
     pub version: i64,
+}
+
+/// A sealed access token with its lifetime, as stored for every replica to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub sealed: Sealed,
+    pub fetched_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A create request remembered under its `Idempotency-Key`.
@@ -103,6 +111,7 @@ pub(super) struct ConnectionColumns {
     authorized_at: Option<DateTime<Utc>>,
     last_tested_at: Option<DateTime<Utc>>,
     access_token: Option<String>,
+    access_token_fetched_at: Option<DateTime<Utc>>,
     access_token_expires_at: Option<DateTime<Utc>>,
     version: i64,
     created_at: DateTime<Utc>,
@@ -137,8 +146,9 @@ impl From<&ConnectionRow> for ConnectionColumns {
             access_token: row
                 .access_token
                 .as_ref()
-                .map(|(sealed, _)| sealed.as_str().to_owned()),
-            access_token_expires_at: row.access_token.as_ref().map(|(_, at)| *at),
+                .map(|token| token.sealed.as_str().to_owned()),
+            access_token_fetched_at: row.access_token.as_ref().map(|token| token.fetched_at),
+            access_token_expires_at: row.access_token.as_ref().map(|token| token.expires_at),
             version: row.version,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -158,8 +168,16 @@ impl TryFrom<ConnectionColumns> for ConnectionRow {
             (Some(code), Some(message), Some(at)) => Some(LastError { code, message, at }),
             _ => None,
         };
-        let access_token = match (c.access_token, c.access_token_expires_at) {
-            (Some(sealed), Some(at)) => Some((Sealed::from_stored(sealed), at)),
+        let access_token = match (
+            c.access_token,
+            c.access_token_fetched_at,
+            c.access_token_expires_at,
+        ) {
+            (Some(sealed), Some(fetched_at), Some(expires_at)) => Some(StoredToken {
+                sealed: Sealed::from_stored(sealed),
+                fetched_at,
+                expires_at,
+            }),
             _ => None,
         };
         let connection = Connection {
@@ -204,7 +222,7 @@ impl TryFrom<ConnectionColumns> for ConnectionRow {
     }
 }
 
-/// Binds every column, in `CONNECTION_COLUMNS` order, as `$1`…`$26`.
+/// Binds every column, in `CONNECTION_COLUMNS` order, as `$1`…`$27`.
 pub(super) fn bind_connection<'q, DB>(
     query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
     c: ConnectionColumns,
@@ -243,6 +261,7 @@ where
         .bind(c.authorized_at)
         .bind(c.last_tested_at)
         .bind(c.access_token)
+        .bind(c.access_token_fetched_at)
         .bind(c.access_token_expires_at)
         .bind(c.version)
         .bind(c.created_at)

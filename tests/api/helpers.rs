@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use connection_registry::amazon::lwa::LwaSettings;
 use connection_registry::app::Application;
 use connection_registry::cli::Settings;
 use connection_registry::config::Config;
@@ -13,6 +15,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::fake_amazon::FakeLwa;
 
 /// Postgres server the suite creates its databases on.
 pub fn postgres_admin_url() -> String {
@@ -64,6 +68,14 @@ impl TestDb {
                 })
             }
         }
+    }
+
+    /// This database's URL through another address (a proxy in front of Postgres).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let mut url = reqwest::Url::parse(&self.url).expect("URL");
+        url.set_ip_host(addr.ip()).expect("IP host");
+        url.set_port(Some(addr.port())).expect("port");
+        url.to_string()
     }
 
     pub fn sqlite_dir(&self) -> Option<PathBuf> {
@@ -124,6 +136,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db: Arc<TestDb>,
     pub client: reqwest::Client,
+    settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -135,6 +148,36 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         .expect("app starts")
 }
 
+/// An app whose LWA is `fake`.
+pub async fn spawn_with_lwa(backend: Backend, fake: &FakeLwa) -> TestApp {
+    spawn_tuned(backend, fake, |_| {}).await
+}
+
+/// An app whose LWA is `fake`, with its configuration adjusted by `tune`.
+pub async fn spawn_tuned(
+    backend: Backend,
+    fake: &FakeLwa,
+    tune: impl FnOnce(&mut Config),
+) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings(&db, Some(MASTER_KEYS));
+    settings.lwa_token_url = fake.token_url.clone();
+    TestApp::start_tuned(db, settings, tune)
+        .await
+        .expect("app starts")
+}
+
+/// Test pace: LWA retries in milliseconds, so failure tests stay quick.
+fn quick_lwa(config: &mut Config) {
+    config.lwa = LwaSettings {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(1500),
+    };
+}
+
 impl TestApp {
     /// Starts a server (a replica) over `db`.
     pub async fn start(db: Arc<TestDb>, master_keys: Option<&str>) -> anyhow::Result<Self> {
@@ -142,7 +185,18 @@ impl TestApp {
     }
 
     pub async fn start_with(db: Arc<TestDb>, settings: Settings) -> anyhow::Result<Self> {
-        let config = Config::from_settings(&settings)?;
+        Self::start_tuned(db, settings, |_| {}).await
+    }
+
+    pub async fn start_tuned(
+        db: Arc<TestDb>,
+        settings: Settings,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        crate::logs::capture();
+        let mut config = Config::from_settings(&settings)?;
+        quick_lwa(&mut config);
+        tune(&mut config);
         let app = Application::build(config).await?;
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
@@ -153,14 +207,19 @@ impl TestApp {
             addr,
             db,
             client: reqwest::Client::new(),
+            settings,
             shutdown: Some(tx),
             server: Some(server),
         })
     }
 
-    /// Another replica over the same database.
+    /// Another replica over the same database, configured alike.
     pub async fn replica(&self) -> TestApp {
-        TestApp::start(self.db.clone(), Some(MASTER_KEYS))
+        self.replica_tuned(|_| {}).await
+    }
+
+    pub async fn replica_tuned(&self, tune: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::start_tuned(self.db.clone(), self.settings.clone(), tune)
             .await
             .expect("replica starts")
     }
@@ -244,6 +303,9 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        if !std::thread::panicking() {
+            crate::logs::assert_no_secrets();
+        }
     }
 }
 
@@ -272,7 +334,14 @@ pub fn refresh_token(n: u32) -> String {
 
 /// Asserts a problem+json response and returns its body.
 pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(response.status(), status, "status");
+    if response.status() != status {
+        let actual = response.status();
+        let url = response.url().path().to_owned();
+        panic!(
+            "{url}: expected {status}, got {actual}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
     let content_type = response
         .headers()
         .get("content-type")

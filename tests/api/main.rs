@@ -1,10 +1,15 @@
-//! Black-box tests: the real server on a random port, against real Postgres and SQLite.
+//! Black-box tests: the real server on a random port, against real Postgres and SQLite,
+//! with a fake Amazon on loopback.
 
+mod fake_amazon;
 mod helpers;
+mod logs;
+mod proxy;
 
 mod api_keys;
 mod connections;
 mod secrets;
 mod startup;
 mod storage;
+mod tokens;
 mod validation;

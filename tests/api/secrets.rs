@@ -31,7 +31,11 @@ async fn database_contents(db: &TestDb) -> String {
                 .output()
                 .await
                 .expect("pg_dump runs");
-            assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             String::from_utf8(output.stdout).expect("dump is text")
         }
         Backend::Sqlite => {
@@ -63,7 +67,10 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
 
     let contents = database_contents(&db).await;
     assert!(contents.contains("v1:k1:"), "sealed values are in the dump");
-    assert!(contents.contains("A2EUQ1WTGCTBG2"), "the dump is readable at all");
+    assert!(
+        contents.contains("A2EUQ1WTGCTBG2"),
+        "the dump is readable at all"
+    );
     let secrets = [
         client_secret(1),
         client_secret(2),
@@ -79,7 +86,10 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
         MASTER_KEYS.split_once(':').unwrap().1.to_owned(),
     ];
     for secret in secrets {
-        assert!(!contents.contains(&secret), "{secret} found in the database");
+        assert!(
+            !contents.contains(&secret),
+            "{secret} found in the database"
+        );
     }
 }
 
@@ -94,11 +104,25 @@ async fn ciphertext_moved_to_another_row_or_field_does_not_decrypt(backend: Back
     let owner_a = id(&a).to_string();
     let owner_b = id(&b).to_string();
 
-    let opened = keyring.open(&owner_a, Field::ClientSecret, &row_a.client_secret).unwrap();
+    let opened = keyring
+        .open(&owner_a, Field::ClientSecret, &row_a.client_secret)
+        .unwrap();
     assert_eq!(opened.expose_secret(), client_secret(1));
-    assert!(keyring.open(&owner_b, Field::ClientSecret, &row_a.client_secret).is_err());
-    assert!(keyring.open(&owner_a, Field::RefreshToken, &row_a.client_secret).is_err());
-    assert!(keyring.open(&owner_a, Field::ClientSecret, &row_a.refresh_token).is_err());
+    assert!(
+        keyring
+            .open(&owner_b, Field::ClientSecret, &row_a.client_secret)
+            .is_err()
+    );
+    assert!(
+        keyring
+            .open(&owner_a, Field::RefreshToken, &row_a.client_secret)
+            .is_err()
+    );
+    assert!(
+        keyring
+            .open(&owner_a, Field::ClientSecret, &row_a.refresh_token)
+            .is_err()
+    );
 
     // Copied into B's row through the database, A's secret makes B's row unusable rather
     // than leaking A's secret: the service refuses to open it.
@@ -125,17 +149,26 @@ async fn restart_with_the_same_key_reads_everything_back(backend: Backend) {
     let path = format!("/connections/{}", created["id"].as_str().unwrap());
     let db = app.stop().await;
 
-    let app = TestApp::start(db, Some(MASTER_KEYS)).await.expect("restarts");
+    let app = TestApp::start(db, Some(MASTER_KEYS))
+        .await
+        .expect("restarts");
     let read: Value = app.get(&path, &writer).await.json().await.unwrap();
     assert_eq!(read, created);
     // The sealed secrets still open: a PATCH compares against them.
     let patched: Value = app
-        .patch(&path, ADMIN_KEY, &json!({"client_secret": client_secret(1)}))
+        .patch(
+            &path,
+            ADMIN_KEY,
+            &json!({"client_secret": client_secret(1)}),
+        )
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(patched["client_secret_updated_at"], created["client_secret_updated_at"]);
+    assert_eq!(
+        patched["client_secret_updated_at"],
+        created["client_secret_updated_at"]
+    );
 }
 
 async fn restart_with_a_wrong_or_missing_key_fails_clearly(backend: Backend) {
@@ -159,11 +192,21 @@ async fn restart_with_a_wrong_or_missing_key_fails_clearly(backend: Backend) {
         .expect("a missing key must not start");
     let message = format!("{err:#}");
     assert!(message.starts_with("REGISTRY_MASTER_KEYS: "), "{message}");
-    assert!(message.contains("`k1`") && message.contains("not configured"), "{message}");
+    assert!(
+        message.contains("`k1`") && message.contains("not configured"),
+        "{message}"
+    );
 
     // The right key still works after the refusals.
-    let app = TestApp::start(db, Some(MASTER_KEYS)).await.expect("restarts");
-    let list: Value = app.get("/connections", ADMIN_KEY).await.json().await.unwrap();
+    let app = TestApp::start(db, Some(MASTER_KEYS))
+        .await
+        .expect("restarts");
+    let list: Value = app
+        .get("/connections", ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 
@@ -174,8 +217,13 @@ async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
     let db = app.stop().await;
 
     // k2 now encrypts; k1 still decrypts.
-    let both = format!("k2:{},{MASTER_KEYS}", OTHER_MASTER_KEY.split_once(':').unwrap().1);
-    let app = TestApp::start(db, Some(&both)).await.expect("starts with two keys");
+    let both = format!(
+        "k2:{},{MASTER_KEYS}",
+        OTHER_MASTER_KEY.split_once(':').unwrap().1
+    );
+    let app = TestApp::start(db, Some(&both))
+        .await
+        .expect("starts with two keys");
     let created_2 = app.create_connection(&connection_body(2)).await;
     let store = app.db.store().await;
     let old = store.get_connection(id).await.unwrap();
@@ -184,6 +232,8 @@ async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
     let new = store.get_connection(new_id).await.unwrap();
     assert_eq!(new.client_secret.key_id(), Some("k2"));
     let keyring = Keyring::parse(&both).unwrap();
-    let opened = keyring.open(&id.to_string(), Field::RefreshToken, &old.refresh_token).unwrap();
+    let opened = keyring
+        .open(&id.to_string(), Field::RefreshToken, &old.refresh_token)
+        .unwrap();
     assert_eq!(opened.expose_secret(), refresh_token(1));
 }

@@ -23,28 +23,58 @@ async fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (boo
     .await
     .expect("exits in time")
     .expect("runs");
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&[(&str, &str)], &str); 5] = [
-        (&[("DATABASE_URL", "mysql://localhost/db")], "DATABASE_URL (--database-url): "),
-        (&[("REGISTRY_LISTEN", "localhost")], "REGISTRY_LISTEN (--listen): "),
-        (&[("REGISTRY_MASTER_KEYS", "k1:dG9vIHNob3J0")], "REGISTRY_MASTER_KEYS (--master-keys): key `k1` is 9 bytes"),
-        (&[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")], "REGISTRY_MASTER_KEYS (--master-keys): required with Postgres"),
-        (&[("REGISTRY_LWA_TOKEN_URL", "not a url")], "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): "),
+        (
+            &[("DATABASE_URL", "mysql://localhost/db")],
+            "DATABASE_URL (--database-url): ",
+        ),
+        (
+            &[("REGISTRY_LISTEN", "localhost")],
+            "REGISTRY_LISTEN (--listen): ",
+        ),
+        (
+            &[("REGISTRY_MASTER_KEYS", "k1:dG9vIHNob3J0")],
+            "REGISTRY_MASTER_KEYS (--master-keys): key `k1` is 9 bytes",
+        ),
+        (
+            &[(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )],
+            "REGISTRY_MASTER_KEYS (--master-keys): required with Postgres",
+        ),
+        (
+            &[("REGISTRY_LWA_TOKEN_URL", "not a url")],
+            "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): ",
+        ),
     ];
     for (env, expected) in cases {
         let (ok, stderr) = run(&["serve"], env, dir.path()).await;
         assert!(!ok, "{env:?} must fail");
-        let lines: Vec<_> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        let lines: Vec<_> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
         assert_eq!(lines.len(), 1, "exactly one line for {env:?}: {stderr}");
-        assert!(lines[0].starts_with(&format!("connection-registry: {expected}")), "{env:?}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("connection-registry: {expected}")),
+            "{env:?}: {stderr}"
+        );
         assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
     }
-    assert!(!dir.path().join("data").exists(), "a refused start creates nothing");
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused start creates nothing"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +133,10 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
 
     // SIGTERM: a graceful stop.
     let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
@@ -115,12 +148,25 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
 #[tokio::test]
 async fn openapi_document_is_served() {
     let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
-    let response = app.client.get(app.url("/openapi.yaml")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/openapi.yaml"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/yaml");
     let text = response.text().await.unwrap();
     assert_eq!(text, include_str!("../../openapi.yaml"));
     assert!(text.starts_with("openapi: 3.1"));
-    let health: Value = app.client.get(app.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
 }

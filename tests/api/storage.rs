@@ -2,7 +2,7 @@
 
 use connection_registry::crypto::Sealed;
 use connection_registry::domain::{ConnectionId, ConnectionStatus, LastError, Region, now};
-use connection_registry::store::{ConnectionFilter, StoreError};
+use connection_registry::store::{ConnectionFilter, StoreError, StoredToken};
 use serde_json::Value;
 
 use crate::both_backends;
@@ -27,12 +27,24 @@ async fn a_stale_update_is_a_conflict_and_a_missing_row_not_found(backend: Backe
     store.update_connection(&first).await.unwrap();
     let mut stale = read_once;
     stale.version += 1;
-    assert!(matches!(store.update_connection(&stale).await, Err(StoreError::Conflict)));
+    assert!(matches!(
+        store.update_connection(&stale).await,
+        Err(StoreError::Conflict)
+    ));
 
     store.delete_connection(id).await.unwrap();
-    assert!(matches!(store.get_connection(id).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.update_connection(&first).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.delete_connection(id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_connection(id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_connection(&first).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.delete_connection(id).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn every_column_round_trips(backend: Backend) {
@@ -52,7 +64,11 @@ async fn every_column_round_trips(backend: Backend) {
     });
     row.connection.authorized_at = Some(at);
     row.connection.last_tested_at = Some(at);
-    row.access_token = Some((Sealed::from_stored("v1:k1:c2VhbGVk".into()), at));
+    row.access_token = Some(StoredToken {
+        sealed: Sealed::from_stored("v1:k1:c2VhbGVk".into()),
+        fetched_at: at,
+        expires_at: at + chrono::TimeDelta::hours(1),
+    });
     row.version += 1;
     store.update_connection(&row).await.unwrap();
 
@@ -95,7 +111,10 @@ async fn list_filters_combine_with_the_cursor(backend: Backend) {
     let rows = store.list_connections(&filter, 10).await.unwrap();
     let ids: Vec<_> = rows.iter().map(|row| row.connection.id).collect();
     assert_eq!(ids, fe_ids[1..]);
-    let first = store.list_connections(&ConnectionFilter::default(), 1).await.unwrap();
+    let first = store
+        .list_connections(&ConnectionFilter::default(), 1)
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
 }
 
@@ -106,5 +125,8 @@ async fn readiness_reflects_the_database(backend: Backend) {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
     store.close().await;
-    assert!(store.ping().await.is_err(), "a closed store does not answer");
+    assert!(
+        store.ping().await.is_err(),
+        "a closed store does not answer"
+    );
 }

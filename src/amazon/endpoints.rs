@@ -1,0 +1,99 @@
+//! SP-API hosts and AWS regions per region and environment (AMAZON.md, "SP-API hosts").
+
+use reqwest::Url;
+use serde::Serialize;
+
+use crate::domain::{Environment, Region};
+
+/// Where a worker sends SP-API calls for one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpApiEndpoint {
+    pub sp_api_endpoint: String,
+    pub aws_region: &'static str,
+}
+
+/// The real hosts, or `REGISTRY_SPAPI_URL` for every region and environment.
+#[derive(Debug, Clone, Default)]
+pub struct SpApiHosts {
+    override_url: Option<Url>,
+}
+
+impl SpApiHosts {
+    pub fn new(override_url: Option<Url>) -> Self {
+        Self { override_url }
+    }
+
+    pub fn endpoint(&self, region: Region, environment: Environment) -> SpApiEndpoint {
+        let aws_region = match region {
+            Region::Na => "us-east-1",
+            Region::Eu => "eu-west-1",
+            Region::Fe => "us-west-2",
+        };
+        let sp_api_endpoint = match &self.override_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => {
+                let sandbox = match environment {
+                    Environment::Production => "",
+                    Environment::Sandbox => "sandbox.",
+                };
+                format!(
+                    "https://{sandbox}sellingpartnerapi-{}.amazon.com",
+                    region.as_str()
+                )
+            }
+        };
+        SpApiEndpoint {
+            sp_api_endpoint,
+            aws_region,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_hosts_follow_amazons_table() {
+        let hosts = SpApiHosts::default();
+        let cases = [
+            (
+                Region::Na,
+                Environment::Production,
+                "https://sellingpartnerapi-na.amazon.com",
+                "us-east-1",
+            ),
+            (
+                Region::Eu,
+                Environment::Sandbox,
+                "https://sandbox.sellingpartnerapi-eu.amazon.com",
+                "eu-west-1",
+            ),
+            (
+                Region::Fe,
+                Environment::Production,
+                "https://sellingpartnerapi-fe.amazon.com",
+                "us-west-2",
+            ),
+            (
+                Region::Fe,
+                Environment::Sandbox,
+                "https://sandbox.sellingpartnerapi-fe.amazon.com",
+                "us-west-2",
+            ),
+        ];
+        for (region, environment, host, aws_region) in cases {
+            let endpoint = hosts.endpoint(region, environment);
+            assert_eq!(endpoint.sp_api_endpoint, host);
+            assert_eq!(endpoint.aws_region, aws_region);
+        }
+    }
+
+    #[test]
+    fn override_replaces_every_host_but_keeps_the_aws_region() {
+        let hosts = SpApiHosts::new(Some(Url::parse("http://127.0.0.1:9000/").unwrap()));
+        let endpoint = hosts.endpoint(Region::Eu, Environment::Sandbox);
+        assert_eq!(endpoint.sp_api_endpoint, "http://127.0.0.1:9000");
+        assert_eq!(endpoint.aws_region, "eu-west-1");
+    }
+}

@@ -1,0 +1,419 @@
+//! The Login with Amazon token exchange (`grant_type=refresh_token`).
+//!
+//! Every answer is classified on LWA's `error` field, not the HTTP status (AMAZON.md):
+//! a rejected refresh token or client is final; an outage is retried here a few times
+//! with jittered exponential backoff, then reported as `Unavailable`. No error message
+//! carries a secret: what LWA says back is scrubbed of what we sent.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::{StatusCode, Url, header};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::domain::{AccessToken, ClientId, ClientSecret, RefreshToken, now};
+
+/// Amazon documents tokens of at most 2048 bytes.
+const MAX_TOKEN_LEN: usize = 2048;
+/// How much of LWA's `error_description` is kept.
+const MAX_DESCRIPTION_LEN: usize = 300;
+
+/// Timeouts and retry policy for the token exchange.
+#[derive(Debug, Clone)]
+pub struct LwaSettings {
+    pub connect_timeout: Duration,
+    /// Per attempt, connect to last byte.
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    /// Also the longest `Retry-After` honoured by waiting.
+    pub max_backoff: Duration,
+}
+
+impl Default for LwaSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(4),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LwaError {
+    /// `invalid_grant`: the refresh token is revoked, expired, malformed or another client's.
+    #[error("LWA rejected the refresh token (invalid_grant): {0}")]
+    InvalidGrant(String),
+    /// `invalid_client` or `unauthorized_client`: wrong client id or secret.
+    #[error("LWA rejected the client credentials ({code}): {description}")]
+    InvalidClient { code: String, description: String },
+    /// Timeouts, connection errors, 429, 5xx, `server_error`, `temporarily_unavailable`.
+    #[error("LWA is unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// An answer we cannot use: our request was refused as malformed, or the body is not
+    /// LWA's JSON. Not retried.
+    #[error("LWA answered unexpectedly: {0}")]
+    Protocol(String),
+}
+
+impl LwaError {
+    /// The machine-readable code recorded in `last_error` and problem responses.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::Unavailable { .. } => "lwa_unavailable",
+            Self::Protocol(_) => "lwa_protocol_error",
+        }
+    }
+}
+
+/// A successful exchange.
+#[derive(Debug)]
+pub struct LwaGrant {
+    pub access_token: AccessToken,
+    /// LWA echoes the refresh token; if it ever sends another, that one is to be stored.
+    pub refresh_token: Option<RefreshToken>,
+}
+
+#[derive(Clone)]
+pub struct LwaClient {
+    http: reqwest::Client,
+    token_url: Url,
+    settings: LwaSettings,
+}
+
+/// One attempt's failure: retry it or not.
+enum Attempt {
+    Retry(LwaError),
+    Final(LwaError),
+}
+
+impl LwaClient {
+    pub fn new(token_url: Url, settings: LwaSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .user_agent(concat!(
+                "connection-registry/",
+                env!("CARGO_PKG_VERSION"),
+                " (Language=Rust)"
+            ))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Self {
+            http,
+            token_url,
+            settings,
+        }
+    }
+
+    /// Exchanges a refresh token for an access token, retrying transient failures.
+    #[tracing::instrument(skip_all, fields(client_id = %client_id))]
+    pub async fn refresh(
+        &self,
+        client_id: &ClientId,
+        client_secret: &ClientSecret,
+        refresh_token: &RefreshToken,
+    ) -> Result<LwaGrant, LwaError> {
+        let scrub = |text: &str| scrub(text, &[client_secret.expose(), refresh_token.expose()]);
+        let mut attempt = 1;
+        loop {
+            let error = match self
+                .attempt(client_id, client_secret, refresh_token, &scrub)
+                .await
+            {
+                Ok(grant) => return Ok(grant),
+                Err(Attempt::Final(error)) => return Err(error),
+                Err(Attempt::Retry(error)) => error,
+            };
+            let retry_after = match &error {
+                LwaError::Unavailable { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let waited_out = retry_after.is_none_or(|wait| wait <= self.settings.max_backoff);
+            if attempt >= self.settings.max_attempts || !waited_out {
+                return Err(error);
+            }
+            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+            tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "LWA exchange failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Full jitter: a random wait up to the exponential bound.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let bound = self
+            .settings
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(attempt - 1))
+            .min(self.settings.max_backoff);
+        rand::thread_rng().gen_range(Duration::ZERO..=bound)
+    }
+
+    async fn attempt(
+        &self,
+        client_id: &ClientId,
+        client_secret: &ClientSecret,
+        refresh_token: &RefreshToken,
+        scrub: &impl Fn(&str) -> String,
+    ) -> Result<LwaGrant, Attempt> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
+        let fetched_at = now();
+        let response = self
+            .http
+            .post(self.token_url.clone())
+            .header(header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await
+            .map_err(|err| {
+                // reqwest's errors name the URL, never the body.
+                Attempt::Retry(LwaError::Unavailable {
+                    reason: describe_transport_error(&err),
+                    retry_after: None,
+                })
+            })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = response.bytes().await.map_err(|err| {
+            Attempt::Retry(LwaError::Unavailable {
+                reason: describe_transport_error(&err),
+                retry_after: None,
+            })
+        })?;
+
+        if let Ok(failure) = serde_json::from_slice::<TokenFailure>(&body) {
+            let description = scrub(failure.error_description.as_deref().unwrap_or(""));
+            return Err(classify_error(
+                &failure.error,
+                description,
+                status,
+                retry_after,
+            ));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(Attempt::Retry(LwaError::Unavailable {
+                reason: format!("HTTP {status}"),
+                retry_after,
+            }));
+        }
+        if !status.is_success() {
+            return Err(Attempt::Final(LwaError::Protocol(format!(
+                "HTTP {status} without an LWA error body"
+            ))));
+        }
+        let success: TokenSuccess = serde_json::from_slice(&body).map_err(|_| {
+            Attempt::Final(LwaError::Protocol(format!(
+                "HTTP {status} with a body that is not an LWA token response"
+            )))
+        })?;
+        success.into_grant(fetched_at).map_err(Attempt::Final)
+    }
+}
+
+fn classify_error(
+    error: &str,
+    description: String,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+) -> Attempt {
+    match error {
+        "invalid_grant" => Attempt::Final(LwaError::InvalidGrant(description)),
+        "invalid_client" | "unauthorized_client" => Attempt::Final(LwaError::InvalidClient {
+            code: error.to_owned(),
+            description,
+        }),
+        "server_error" | "temporarily_unavailable" => Attempt::Retry(LwaError::Unavailable {
+            reason: format!("{error}: {description}"),
+            retry_after,
+        }),
+        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
+            Attempt::Retry(LwaError::Unavailable {
+                reason: format!("HTTP {status} {error}"),
+                retry_after,
+            })
+        }
+        // invalid_request, invalid_scope, unsupported_grant_type: our request is wrong.
+        other => {
+            let other = scrub_code(other);
+            tracing::error!(
+                error = other,
+                description,
+                "LWA refused the request as malformed"
+            );
+            Attempt::Final(LwaError::Protocol(format!("{other}: {description}")))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenFailure {
+    error: String,
+    error_description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenSuccess {
+    access_token: String,
+    refresh_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: ExpiresIn,
+}
+
+/// Amazon documents a number; some answers carry a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ExpiresIn {
+    Seconds(u64),
+    Text(String),
+}
+
+impl TokenSuccess {
+    fn into_grant(self, fetched_at: chrono::DateTime<chrono::Utc>) -> Result<LwaGrant, LwaError> {
+        let expires_in = match &self.expires_in {
+            ExpiresIn::Seconds(seconds) => Some(*seconds),
+            ExpiresIn::Text(text) => text.trim().parse().ok(),
+        }
+        .filter(|seconds| (1..=86_400).contains(seconds))
+        .ok_or_else(|| LwaError::Protocol("expires_in is not a number of seconds".into()))?;
+        if let Some(token_type) = &self.token_type {
+            if !token_type.eq_ignore_ascii_case("bearer") {
+                return Err(LwaError::Protocol(format!(
+                    "token_type `{}` is not bearer",
+                    scrub_code(token_type)
+                )));
+            }
+        }
+        let token = &self.access_token;
+        if token.is_empty()
+            || token.len() > MAX_TOKEN_LEN
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(LwaError::Protocol("access_token is not a token".into()));
+        }
+        Ok(LwaGrant {
+            access_token: AccessToken::new(
+                SecretString::from(self.access_token),
+                fetched_at,
+                fetched_at + chrono::Duration::seconds(expires_in as i64),
+            ),
+            refresh_token: self
+                .refresh_token
+                .as_deref()
+                .and_then(|token| RefreshToken::parse(token).ok()),
+        })
+    }
+}
+
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn describe_transport_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timed out".into()
+    } else if err.is_connect() {
+        "could not connect".into()
+    } else {
+        "connection failed".into()
+    }
+}
+
+/// What LWA said, bounded and without anything we sent it.
+fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut text: String = text.chars().take(MAX_DESCRIPTION_LEN).collect();
+    for secret in secrets {
+        if !secret.is_empty() {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    text
+}
+
+/// An error code from the other side, fit for a log line.
+fn scrub_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_what_we_sent_and_bounds_length() {
+        assert_eq!(
+            scrub(
+                "bad token Atzr|abc for secret s3cr3t",
+                &["Atzr|abc", "s3cr3t"]
+            ),
+            "bad token [redacted] for secret [redacted]"
+        );
+        assert_eq!(scrub(&"x".repeat(1000), &[]).len(), MAX_DESCRIPTION_LEN);
+    }
+
+    #[test]
+    fn classifies_on_the_error_field() {
+        let code = |error: &str, status: u16| match classify_error(
+            error,
+            String::new(),
+            StatusCode::from_u16(status).unwrap(),
+            None,
+        ) {
+            Attempt::Final(err) => (err.code(), false),
+            Attempt::Retry(err) => (err.code(), true),
+        };
+        assert_eq!(code("invalid_grant", 400), ("invalid_grant", false));
+        assert_eq!(code("invalid_client", 401), ("invalid_client", false));
+        assert_eq!(code("unauthorized_client", 400), ("invalid_client", false));
+        assert_eq!(code("server_error", 500), ("lwa_unavailable", true));
+        assert_eq!(
+            code("temporarily_unavailable", 503),
+            ("lwa_unavailable", true)
+        );
+        assert_eq!(code("invalid_request", 400), ("lwa_protocol_error", false));
+        assert_eq!(code("something_new", 503), ("lwa_unavailable", true));
+    }
+
+    #[test]
+    fn expires_in_may_be_a_string() {
+        let parse = |json: &str| {
+            serde_json::from_str::<TokenSuccess>(json)
+                .unwrap()
+                .into_grant(now())
+                .map(|grant| grant.access_token.remaining_secs(now()))
+        };
+        let seconds =
+            parse(r#"{"access_token":"Atza|x","token_type":"bearer","expires_in":"3600"}"#)
+                .unwrap();
+        assert!((3598..=3600).contains(&seconds));
+        assert!(parse(r#"{"access_token":"Atza|x","expires_in":"soon"}"#).is_err());
+        assert!(parse(r#"{"access_token":"","expires_in":3600}"#).is_err());
+        assert!(
+            parse(r#"{"access_token":"Atza|x","token_type":"mac","expires_in":3600}"#).is_err()
+        );
+    }
+}

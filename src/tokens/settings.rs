@@ -1,0 +1,33 @@
+//! How the token service paces itself.
+
+use std::time::Duration;
+
+use chrono::TimeDelta;
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// Tokens of connections in use are refreshed once they have less than this left.
+    pub refresh_ahead: TimeDelta,
+    /// How often the refresher looks.
+    pub refresh_tick: Duration,
+    /// Pause between two refreshes, so due tokens do not hit LWA at once.
+    pub refresh_spacing: Duration,
+    /// A cached token nobody asked for in this long is dropped, and no longer refreshed.
+    pub idle_after: TimeDelta,
+    /// `force_refresh` keeps a token fetched this recently (many workers reporting one bad
+    /// token cause one LWA call).
+    pub force_refresh_min_age: TimeDelta,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            // LWA tokens live 3600 s; workers ask for 60 s by default.
+            refresh_ahead: TimeDelta::minutes(5),
+            refresh_tick: Duration::from_secs(15),
+            refresh_spacing: Duration::from_millis(50),
+            idle_after: TimeDelta::minutes(15),
+            force_refresh_min_age: TimeDelta::seconds(5),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! A fake Login with Amazon: a real HTTP server on loopback speaking the token endpoint as
+//! AMAZON.md documents it. It counts calls per refresh token and can be told to fail.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// How the fake answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LwaMode {
+    Issue,
+    /// Issue, but with `expires_in` as a string.
+    IssueWithStringExpiry,
+    InvalidGrant,
+    InvalidClient,
+    UnauthorizedClient,
+    ServerError,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    /// HTML instead of JSON, as a broken proxy would send.
+    Garbage,
+    /// Accepts the request and never answers.
+    Hang,
+}
+
+#[derive(Default)]
+struct FakeState {
+    mode: Mutex<Option<LwaMode>>,
+    delay_ms: AtomicU64,
+    expires_in: AtomicU64,
+    calls: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+    issued: AtomicUsize,
+    /// access token → the refresh token it was issued for.
+    issued_for: Mutex<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+pub struct FakeLwa {
+    pub token_url: String,
+    state: Arc<FakeState>,
+}
+
+impl FakeLwa {
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeState::default());
+        state.expires_in.store(3600, Ordering::SeqCst);
+        let app = Router::new()
+            .route("/auth/o2/token", post(token))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            token_url: format!("http://{addr}/auth/o2/token"),
+            state,
+        }
+    }
+
+    pub fn set_mode(&self, mode: LwaMode) {
+        *self.state.mode.lock().unwrap() = Some(mode);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_expires_in(&self, seconds: u64) {
+        self.state.expires_in.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Token requests received, whatever the answer.
+    pub fn calls(&self) -> usize {
+        self.state.total.load(Ordering::SeqCst)
+    }
+
+    pub fn calls_for(&self, refresh_token: &str) -> usize {
+        self.state
+            .calls
+            .lock()
+            .unwrap()
+            .get(refresh_token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The refresh token an access token was issued for.
+    pub fn issued_for(&self, access_token: &str) -> Option<String> {
+        self.state
+            .issued_for
+            .lock()
+            .unwrap()
+            .get(access_token)
+            .cloned()
+    }
+}
+
+fn lwa_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    // Form-encoded is documented; Amazon's own SDKs send JSON, so both are accepted.
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let params: HashMap<String, String> = if is_json {
+        serde_json::from_slice::<HashMap<String, Value>>(&body)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+            .collect()
+    } else {
+        serde_urlencoded::from_bytes(&body).unwrap_or_default()
+    };
+    state.total.fetch_add(1, Ordering::SeqCst);
+    let refresh_token = params.get("refresh_token").cloned().unwrap_or_default();
+    *state
+        .calls
+        .lock()
+        .unwrap()
+        .entry(refresh_token.clone())
+        .or_default() += 1;
+
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let complete = params.get("grant_type").map(String::as_str) == Some("refresh_token")
+        && params
+            .get("client_id")
+            .is_some_and(|v| v.starts_with("amzn1.application-oa2-client."))
+        && params.get("client_secret").is_some_and(|v| !v.is_empty())
+        && refresh_token.starts_with("Atzr|");
+    if !complete {
+        return lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request is missing a required parameter",
+        );
+    }
+    let mode = state.mode.lock().unwrap().unwrap_or(LwaMode::Issue);
+    match mode {
+        LwaMode::Issue | LwaMode::IssueWithStringExpiry => {
+            let n = state.issued.fetch_add(1, Ordering::SeqCst);
+            let access_token = format!("Atza|fake-access-token-{n:06}");
+            state
+                .issued_for
+                .lock()
+                .unwrap()
+                .insert(access_token.clone(), refresh_token.clone());
+            let expires_in = state.expires_in.load(Ordering::SeqCst);
+            let expires_in = if mode == LwaMode::IssueWithStringExpiry {
+                json!(expires_in.to_string())
+            } else {
+                json!(expires_in)
+            };
+            axum::Json(json!({
+                "access_token": access_token,
+                "refresh_token": refresh_token,
+                "token_type": "bearer",
+                "expires_in": expires_in,
+            }))
+            .into_response()
+        }
+        LwaMode::InvalidGrant => lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The request has an invalid grant parameter : refresh_token",
+        ),
+        LwaMode::InvalidClient => lwa_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        ),
+        LwaMode::UnauthorizedClient => lwa_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "Not authorized for requested operation",
+        ),
+        LwaMode::ServerError => lwa_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Internal server error",
+        ),
+        LwaMode::Throttled { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after_secs.to_string())],
+            "Rate exceeded",
+        )
+            .into_response(),
+        LwaMode::Garbage => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html><body>Service Temporarily Unavailable</body></html>",
+        )
+            .into_response(),
+        LwaMode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+    }
+}

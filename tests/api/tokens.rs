@@ -1,0 +1,622 @@
+//! Tokens: authorize and the token endpoint against a fake LWA, on both backends and
+//! across replicas.
+
+use std::time::{Duration, Instant};
+
+use connection_registry::config::Config;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::fake_amazon::{FakeLwa, LwaMode};
+use crate::helpers::{
+    ADMIN_KEY, Backend, TestApp, connection_body, invalid_fields, problem, refresh_token,
+    spawn_tuned, spawn_with_lwa,
+};
+
+both_backends!(
+    authorize_exchanges_the_refresh_token_and_caches_the_token,
+    token_response_tells_the_worker_where_to_go,
+    concurrent_first_requests_make_one_lwa_call,
+    cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_one_call,
+    tokens_are_refreshed_ahead_of_expiry_while_in_use,
+    refused_credentials_set_the_status_and_stop_workers,
+    transient_failures_keep_the_status_and_recover,
+    unusable_lwa_answers_are_bad_gateway,
+    new_credentials_and_delete_drop_the_cached_token,
+    token_parameters_and_scopes_are_checked,
+);
+
+async fn connection(app: &TestApp, n: u32) -> String {
+    let created = app.create_connection(&connection_body(n)).await;
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn token(app: &TestApp, id: &str, query: &str) -> reqwest::Response {
+    app.get(&format!("/connections/{id}/token{query}"), ADMIN_KEY)
+        .await
+}
+
+async fn token_ok(app: &TestApp, id: &str, query: &str) -> (Value, String) {
+    let response = token(app, id, query).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cache = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (response.json().await.unwrap(), cache)
+}
+
+async fn read(app: &TestApp, id: &str) -> Value {
+    app.get(&format!("/connections/{id}"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn authorize(app: &TestApp, id: &str) -> reqwest::Response {
+    app.post(
+        &format!("/connections/{id}/authorize"),
+        ADMIN_KEY,
+        &json!({}),
+    )
+    .await
+}
+
+async fn authorize_exchanges_the_refresh_token_and_caches_the_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+
+    let response = authorize(&app, &id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let authorized: Value = response.json().await.unwrap();
+    assert_eq!(authorized["status"], "active");
+    assert!(authorized["authorized_at"].is_string());
+    assert_eq!(authorized["last_error"], Value::Null);
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+
+    let (body, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(
+        cache, "connection-registry; hit",
+        "authorize cached the token"
+    );
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap()),
+        Some(refresh_token(1))
+    );
+    assert_eq!(fake.calls(), 1);
+
+    // Authorizing again always asks LWA.
+    assert_eq!(authorize(&app, &id).await.status(), StatusCode::OK);
+    assert_eq!(fake.calls(), 2);
+    let (again, _) = token_ok(&app, &id, "").await;
+    assert_ne!(again["access_token"], body["access_token"]);
+}
+
+async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_mode(LwaMode::IssueWithStringExpiry);
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let response = token(&app, &id, "").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(
+        response.headers()["cache-status"],
+        "connection-registry; fwd=miss"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(body["access_token"].as_str().unwrap().starts_with("Atza|"));
+    assert_eq!(body["token_type"], "bearer");
+    let expires_in = body["expires_in"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+    assert!(body["expires_at"].is_string());
+    assert_eq!(
+        body["sp_api_endpoint"],
+        "https://sellingpartnerapi-eu.amazon.com"
+    );
+    assert_eq!(body["aws_region"], "eu-west-1");
+    assert_eq!(body["region"], "eu");
+    assert_eq!(body["environment"], "production");
+    assert_eq!(body["merchant_token"], "A2EUQ1WTGCTBG2");
+    assert_eq!(body["marketplace_ids"], json!([]));
+    // The first token request of a pending connection authorized it.
+    assert_eq!(read(&app, &id).await["status"], "active");
+
+    let mut sandbox = connection_body(2);
+    sandbox["region"] = json!("fe");
+    sandbox["environment"] = json!("sandbox");
+    let fe = app.create_connection(&sandbox).await;
+    let (body, _) = token_ok(&app, fe["id"].as_str().unwrap(), "").await;
+    assert_eq!(
+        body["sp_api_endpoint"],
+        "https://sandbox.sellingpartnerapi-fe.amazon.com"
+    );
+    assert_eq!(body["aws_region"], "us-west-2");
+}
+
+async fn concurrent_first_requests_make_one_lwa_call(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    // Slow enough that every request arrives while the first exchange is under way.
+    fake.set_delay(Duration::from_millis(300));
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let requests = (0..200).map(|_| token(&app, &id, ""));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut tokens = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "all callers got the same token");
+    assert_eq!(fake.calls(), 1, "exactly one LWA call");
+}
+
+async fn cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_one_call(
+    backend: Backend,
+) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::milliseconds(500);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    let (first, _) = token_ok(&app, &id, "").await;
+    for _ in 0..50 {
+        let (body, cache) = token_ok(&app, &id, "?min_ttl=600").await;
+        assert_eq!(body["access_token"], first["access_token"]);
+        assert_eq!(cache, "connection-registry; hit");
+    }
+    assert_eq!(fake.calls(), 1);
+
+    // Within the minimum age a forced refresh keeps the token it just got.
+    let (kept, _) = token_ok(&app, &id, "?force_refresh=true").await;
+    assert_eq!(kept["access_token"], first["access_token"]);
+    assert_eq!(fake.calls(), 1);
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    fake.set_delay(Duration::from_millis(200));
+    let storm = (0..20).map(|_| token(&app, &id, "?force_refresh=true"));
+    let mut tokens = Vec::new();
+    for response in futures_util::future::join_all(storm).await {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1);
+    assert_ne!(tokens[0], first["access_token"].as_str().unwrap());
+    assert_eq!(fake.calls(), 2, "twenty forced refreshes, one LWA call");
+}
+
+async fn tokens_are_refreshed_ahead_of_expiry_while_in_use(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_expires_in(6);
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.refresh_ahead = chrono::TimeDelta::seconds(4);
+        config.tokens.refresh_tick = Duration::from_millis(200);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    let (first, _) = token_ok(&app, &id, "?min_ttl=1").await;
+    // LWA slows down: a worker that had to wait for it would now see a miss.
+    fake.set_delay(Duration::from_millis(300));
+    let mut seen = vec![first["access_token"].clone()];
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let (body, cache) = token_ok(&app, &id, "?min_ttl=1").await;
+        assert_eq!(
+            cache, "connection-registry; hit",
+            "the worker never waited on LWA"
+        );
+        assert!(
+            body["expires_in"].as_i64().unwrap() >= 1,
+            "never a token about to expire"
+        );
+        if !seen.contains(&body["access_token"]) {
+            seen.push(body["access_token"].clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.len() >= 3, "refreshed ahead, more than once: {seen:?}");
+}
+
+async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let cases = [
+        (
+            LwaMode::InvalidGrant,
+            "invalid_grant",
+            "refresh_token_invalid",
+        ),
+        (
+            LwaMode::InvalidClient,
+            "invalid_client",
+            "client_credentials_invalid",
+        ),
+        (
+            LwaMode::UnauthorizedClient,
+            "invalid_client",
+            "client_credentials_invalid",
+        ),
+    ];
+    for (n, (mode, code, status)) in (1..).zip(cases) {
+        fake.set_mode(mode);
+        let id = connection(&app, n).await;
+        let body = problem(
+            authorize(&app, &id).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        )
+        .await;
+        assert!(body["detail"].as_str().unwrap().contains("LWA rejected"));
+        let connection = read(&app, &id).await;
+        assert_eq!(connection["status"], status);
+        assert_eq!(connection["last_error"]["code"], code);
+        assert!(connection["last_error"]["at"].is_string());
+
+        let calls = fake.calls();
+        let body = problem(
+            token(&app, &id, "").await,
+            StatusCode::CONFLICT,
+            "connection_not_authorized",
+        )
+        .await;
+        assert!(body["detail"].as_str().unwrap().contains(status));
+        assert_eq!(
+            fake.calls(),
+            calls,
+            "a refused connection is not retried by workers"
+        );
+    }
+
+    // A worker discovering the refusal itself also gets 409.
+    fake.set_mode(LwaMode::InvalidGrant);
+    let id = connection(&app, 9).await;
+    problem(
+        token(&app, &id, "").await,
+        StatusCode::CONFLICT,
+        "connection_not_authorized",
+    )
+    .await;
+    assert_eq!(read(&app, &id).await["status"], "refresh_token_invalid");
+
+    // New credentials send it back to pending; then it works again.
+    fake.set_mode(LwaMode::Issue);
+    let patched: Value = app
+        .patch(
+            &format!("/connections/{id}"),
+            ADMIN_KEY,
+            &json!({"refresh_token": refresh_token(10)}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["status"], "pending");
+    let (body, _) = token_ok(&app, &id, "").await;
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap()),
+        Some(refresh_token(10))
+    );
+    let connection = read(&app, &id).await;
+    assert_eq!(connection["status"], "active");
+    assert_eq!(connection["last_error"], Value::Null);
+}
+
+async fn transient_failures_keep_the_status_and_recover(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let cases = [
+        (LwaMode::ServerError, 3),
+        (
+            LwaMode::Throttled {
+                retry_after_secs: 1,
+            },
+            3,
+        ),
+        (LwaMode::Hang, 3),
+    ];
+    for (mode, attempts) in cases {
+        fake.set_mode(mode);
+        let before = fake.calls();
+        let response = authorize(&app, &id).await;
+        let retry_after = response.headers().contains_key("retry-after");
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
+        assert!(retry_after, "{mode:?}");
+        assert_eq!(fake.calls() - before, attempts, "{mode:?}: bounded retries");
+        let connection = read(&app, &id).await;
+        assert_eq!(
+            connection["status"], "pending",
+            "{mode:?} never changes the status"
+        );
+        assert_eq!(connection["last_error"]["code"], "lwa_unavailable");
+        let response = token(&app, &id, "").await;
+        assert!(response.headers().contains_key("retry-after"));
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
+    }
+    // A Retry-After longer than the service waits inside a request is passed on.
+    fake.set_mode(LwaMode::Throttled {
+        retry_after_secs: 30,
+    });
+    let before = fake.calls();
+    let response = token(&app, &id, "").await;
+    assert_eq!(response.headers()["retry-after"], "30");
+    assert_eq!(fake.calls() - before, 1);
+
+    fake.set_mode(LwaMode::Issue);
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    let connection = read(&app, &id).await;
+    assert_eq!(connection["status"], "active");
+    assert_eq!(connection["last_error"], Value::Null);
+    // A failure once a token is cached does not reach workers.
+    fake.set_mode(LwaMode::ServerError);
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, "connection-registry; hit");
+}
+
+async fn unusable_lwa_answers_are_bad_gateway(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_mode(LwaMode::Garbage);
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    problem(
+        authorize(&app, &id).await,
+        StatusCode::BAD_GATEWAY,
+        "lwa_protocol_error",
+    )
+    .await;
+    assert_eq!(fake.calls(), 1, "nonsense is not retried");
+    problem(
+        token(&app, &id, "").await,
+        StatusCode::BAD_GATEWAY,
+        "lwa_protocol_error",
+    )
+    .await;
+    let connection = read(&app, &id).await;
+    assert_eq!(connection["status"], "pending");
+    assert_eq!(connection["last_error"]["code"], "lwa_protocol_error");
+}
+
+async fn new_credentials_and_delete_drop_the_cached_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    token_ok(&app, &id, "").await;
+    let patched = app
+        .patch(
+            &format!("/connections/{id}"),
+            ADMIN_KEY,
+            &json!({"refresh_token": refresh_token(2)}),
+        )
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    let (body, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap()),
+        Some(refresh_token(2))
+    );
+
+    let deleted = app.delete(&format!("/connections/{id}"), ADMIN_KEY).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    problem(
+        token(&app, &id, "").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    problem(
+        authorize(&app, &id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+async fn token_parameters_and_scopes_are_checked(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let body = problem(
+        token(&app, &id, "?min_ttl=3001&force_refresh=maybe&extra=1").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(invalid_fields(&body), ["extra", "force_refresh", "min_ttl"]);
+    assert_eq!(fake.calls(), 0);
+    let (body, _) = token_ok(&app, &id, "?min_ttl=3000&force_refresh=false").await;
+    assert!(body["expires_in"].as_i64().unwrap() >= 3000);
+
+    let worker = app.api_key(&["tokens:read"]).await;
+    let reader = app.api_key(&["connections:read"]).await;
+    let writer = app.api_key(&["connections:write"]).await;
+    let path = format!("/connections/{id}/token");
+    assert_eq!(app.get(&path, &worker).await.status(), StatusCode::OK);
+    problem(
+        app.get(&path, &reader).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    problem(
+        app.get(&path, &writer).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let authorize_path = format!("/connections/{id}/authorize");
+    problem(
+        app.post(&authorize_path, &worker, &json!({})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        app.post(&authorize_path, &writer, &json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    problem(
+        app.get(
+            &format!("/connections/{}/token", uuid::Uuid::now_v7()),
+            &worker,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert!(crate::logs::captured_len() > 0, "the log capture works");
+}
+
+/// Tunes nothing; named for the replica tests below.
+fn as_is(_: &mut Config) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_lwa_call() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(300));
+    let a = spawn_with_lwa(Backend::Postgres, &fake).await;
+    let b = a.replica_tuned(as_is).await;
+    let id = connection(&a, 1).await;
+    let requests = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        token(app, &id, "")
+    });
+    let mut tokens = Vec::new();
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "both replicas hand out the one token");
+    assert_eq!(fake.calls(), 1, "two replicas, one LWA call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_reaches_the_others_at_once() {
+    let fake = FakeLwa::start().await;
+    let a = spawn_with_lwa(Backend::Postgres, &fake).await;
+    let b = a.replica_tuned(as_is).await;
+    let id = connection(&a, 1).await;
+    let (first, _) = token_ok(&b, &id, "").await;
+    assert_eq!(
+        fake.issued_for(first["access_token"].as_str().unwrap()),
+        Some(refresh_token(1))
+    );
+
+    let patched = a
+        .patch(
+            &format!("/connections/{id}"),
+            ADMIN_KEY,
+            &json!({"refresh_token": refresh_token(2)}),
+        )
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (body, _) = token_ok(&b, &id, "").await;
+        if fake.issued_for(body["access_token"].as_str().unwrap()) == Some(refresh_token(2)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica B still hands out the old token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let deleted = a.delete(&format!("/connections/{id}"), ADMIN_KEY).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while token(&b, &id, "").await.status() != StatusCode::NOT_FOUND {
+        assert!(
+            Instant::now() < deadline,
+            "replica B still serves a deleted connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_are_served_while_the_database_is_down() {
+    let fake = FakeLwa::start().await;
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let proxy = crate::proxy::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut settings = crate::helpers::settings(&db, Some(crate::helpers::MASTER_KEYS));
+    settings.database_url = Some(db.url_via(proxy.addr));
+    settings.lwa_token_url = fake.token_url.clone();
+    let app = TestApp::start_tuned(db, settings, as_is)
+        .await
+        .expect("starts");
+    let worker = app.api_key(&["tokens:read"]).await;
+    let id = connection(&app, 1).await;
+    let cached_id = id.clone();
+    let path = format!("/connections/{cached_id}/token");
+    assert_eq!(app.get(&path, &worker).await.status(), StatusCode::OK);
+    let other = connection(&app, 2).await;
+
+    proxy.cut();
+    for _ in 0..20 {
+        let response = app.get(&path, &worker).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "cached token served without the database"
+        );
+    }
+    // What needs the database says so, and asks to come back later.
+    let response = token(&app, &other, "").await;
+    let retry_after = response.headers().contains_key("retry-after");
+    problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    assert!(retry_after);
+    problem(
+        app.post("/connections", ADMIN_KEY, &connection_body(3))
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    problem(
+        app.client.get(app.url("/readyz")).send().await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = app
+            .post("/connections", ADMIN_KEY, &connection_body(4))
+            .await;
+        if response.status() == StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not recover: {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(token(&app, &other, "").await.status(), StatusCode::OK);
+    assert_eq!(app.get(&path, &worker).await.status(), StatusCode::OK);
+}
