@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub connections: Connections,
     pub api_keys: ApiKeyVerifier,
     pub tokens: TokenService,
+    pub metrics: PrometheusHandle,
 }
 
 pub struct Application {
@@ -74,6 +76,7 @@ impl Application {
             api_keys,
             tokens,
             store,
+            metrics: crate::metrics::handle(),
         };
         Ok(Self { listener, state })
     }

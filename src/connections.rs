@@ -197,7 +197,13 @@ impl Connections {
         loop {
             attempts += 1;
             let mut row = self.store.get_connection(id).await?;
+            let before = row.clone();
             self.apply(&mut row, &patch)?;
+            if !changed(&before, &row) {
+                return Ok(before.connection);
+            }
+            row.connection.updated_at = crate::domain::now();
+            row.version += 1;
             match self.store.update_connection(&row).await {
                 Ok(()) => {
                     // Every replica re-reads it: new credentials, or what a token response shows.
@@ -282,8 +288,6 @@ impl Connections {
             c.status = ConnectionStatus::Pending;
             row.access_token = None;
         }
-        c.updated_at = now;
-        row.version += 1;
         Ok(())
     }
 
@@ -296,6 +300,16 @@ impl Connections {
     fn seal(&self, id: ConnectionId, field: Field, plaintext: &str) -> Sealed {
         self.keyring.seal(&id.to_string(), field, plaintext)
     }
+}
+
+/// Whether applying a PATCH changed anything worth a write (an empty or same-value PATCH
+/// changes nothing, not even `updated_at`).
+fn changed(before: &ConnectionRow, after: &ConnectionRow) -> bool {
+    let public = |row: &ConnectionRow| serde_json::to_value(&row.connection).ok();
+    public(before) != public(after)
+        || before.client_secret != after.client_secret
+        || before.refresh_token != after.refresh_token
+        || before.access_token != after.access_token
 }
 
 fn warn_if_undocumented(secret: &ClientSecret) {

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

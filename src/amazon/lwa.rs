@@ -126,10 +126,18 @@ impl LwaClient {
         let scrub = |text: &str| scrub(text, &[client_secret.expose(), refresh_token.expose()]);
         let mut attempt = 1;
         loop {
-            let error = match self
+            let started = std::time::Instant::now();
+            let outcome = self
                 .attempt(client_id, client_secret, refresh_token, &scrub)
-                .await
-            {
+                .await;
+            metrics::histogram!("registry_lwa_request_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(Attempt::Retry(err) | Attempt::Final(err)) => err.code(),
+            };
+            metrics::counter!("registry_lwa_requests_total", "outcome" => label).increment(1);
+            let error = match outcome {
                 Ok(grant) => return Ok(grant),
                 Err(Attempt::Final(error)) => return Err(error),
                 Err(Attempt::Retry(error)) => error,

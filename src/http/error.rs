@@ -52,6 +52,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the database is unavailable")]
     DatabaseUnavailable,
+    #[error("the request took too long; retry later")]
+    Timeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -80,6 +82,7 @@ impl ApiError {
             Self::Upstream { status, code, .. } => (*status, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -132,7 +135,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::DatabaseUnavailable => {
+            Self::DatabaseUnavailable | Self::Timeout => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(DATABASE_RETRY_AFTER_SECS),

@@ -77,8 +77,9 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryFields {
 }
 
 /// The scope a handler needs, as a type, so authorization happens before the body is read.
+/// `None`: any valid key will do.
 pub trait RequiredScope {
-    const SCOPE: Scope;
+    const SCOPE: Option<Scope>;
 }
 
 macro_rules! required_scope {
@@ -86,17 +87,19 @@ macro_rules! required_scope {
         $(
             pub struct $name;
             impl RequiredScope for $name {
-                const SCOPE: Scope = $scope;
+                const SCOPE: Option<Scope> = $scope;
             }
         )*
     };
 }
 
 required_scope! {
-    Admin => Scope::Admin,
-    ConnectionsWrite => Scope::ConnectionsWrite,
-    ConnectionsRead => Scope::ConnectionsRead,
-    TokensRead => Scope::TokensRead,
+    Admin => Some(Scope::Admin),
+    ConnectionsWrite => Some(Scope::ConnectionsWrite),
+    ConnectionsRead => Some(Scope::ConnectionsRead),
+    TokensRead => Some(Scope::TokensRead),
+    // Metrics scrapers: whoever holds a key, whatever its scope.
+    AnyKey => None,
 }
 
 /// The caller's API key, known to hold scope `S`: missing or unknown key → 401, a key
@@ -126,8 +129,8 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
                 AuthError::UnknownKey => ApiError::Unauthorized,
                 AuthError::Store(err) => err.into(),
             })?;
-        if !key.allows(S::SCOPE) {
-            return Err(ApiError::Forbidden(S::SCOPE));
+        if let Some(scope) = S::SCOPE.filter(|scope| !key.allows(*scope)) {
+            return Err(ApiError::Forbidden(scope));
         }
         Ok(Self {
             key,

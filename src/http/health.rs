@@ -1,4 +1,5 @@
-//! Unauthenticated endpoints for orchestrators: liveness, readiness and the API document.
+//! Endpoints for orchestrators: liveness, readiness and the API document (no key needed),
+//! and Prometheus metrics (any key).
 
 use axum::extract::State;
 use axum::http::header;
@@ -8,6 +9,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::extract::{AnyKey, Caller};
 use crate::app::AppState;
 
 /// The contract, compiled in from the repository's `openapi.yaml`.
@@ -18,6 +20,16 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text format; any API key may read it.
+async fn metrics(_caller: Caller<AnyKey>, State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 /// The process is alive and serving.

@@ -46,6 +46,19 @@ pub enum TokenError {
     Crypto(CryptoError),
 }
 
+impl TokenError {
+    /// A short label for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::NotAuthorized(_) => "not_authorized",
+            Self::Rejected(err) | Self::Upstream(err) => err.code(),
+            Self::Store(_) => "store",
+            Self::Crypto(_) => "crypto",
+        }
+    }
+}
+
 impl From<StoreError> for TokenError {
     fn from(err: StoreError) -> Self {
         match err {
@@ -165,11 +178,22 @@ impl TokenService {
             .filter(|grant| need.accepts(&grant.token, now))
         {
             grant.touch(now);
+            metrics::counter!("registry_token_requests_total", "served" => "memory").increment(1);
             return Ok((grant, Served::Memory));
         }
-        let grant = self.fly(id, need).await?;
-        grant.touch(now);
-        Ok((grant, Served::Fetched))
+        match self.fly(id, need).await {
+            Ok(grant) => {
+                grant.touch(now);
+                metrics::counter!("registry_token_requests_total", "served" => "fetched")
+                    .increment(1);
+                Ok((grant, Served::Fetched))
+            }
+            Err(err) => {
+                metrics::counter!("registry_token_failures_total", "code" => err.code())
+                    .increment(1);
+                Err(err)
+            }
+        }
     }
 
     /// Exchanges the refresh token with LWA now, whatever the cache or status says.
@@ -283,6 +307,7 @@ impl TokenService {
             .iter()
             .map(|(id, grant)| (*id, grant.clone()))
             .collect();
+        metrics::gauge!("registry_cached_tokens").set(grants.len() as f64);
         for (id, grant) in grants {
             if grant.last_used.load(Ordering::Relaxed) < idle_since.timestamp() {
                 self.write_grants().remove(&id);

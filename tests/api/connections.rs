@@ -184,6 +184,17 @@ async fn patch_changes_fields_and_keeps_the_rest(backend: Backend) {
 
     let read: Value = app.get(&path, ADMIN_KEY).await.json().await.unwrap();
     assert_eq!(read, cleared);
+
+    // A PATCH that changes nothing writes nothing, not even updated_at.
+    for nothing in [json!({}), json!({"name": null, "region": "eu"})] {
+        let same: Value = app
+            .patch(&path, ADMIN_KEY, &nothing)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(same, cleared, "{nothing}");
+    }
 }
 
 async fn new_credentials_send_the_connection_back_to_pending(backend: Backend) {

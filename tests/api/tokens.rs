@@ -477,6 +477,25 @@ async fn token_parameters_and_scopes_are_checked(backend: Backend) {
     )
     .await;
     assert!(crate::logs::captured_len() > 0, "the log capture works");
+
+    // Any key may read the metrics; they count what just happened.
+    problem(
+        app.client.get(app.url("/metrics")).send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let metrics = app.get("/metrics", &worker).await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.unwrap();
+    for name in [
+        "registry_token_requests_total{served=\"memory\"}",
+        "registry_token_requests_total{served=\"fetched\"}",
+        "registry_lwa_requests_total{outcome=\"ok\"}",
+        "registry_lwa_request_seconds",
+    ] {
+        assert!(text.contains(name), "{name} in {text}");
+    }
 }
 
 /// Tunes nothing; named for the replica tests below.
@@ -619,4 +638,34 @@ async fn cached_tokens_are_served_while_the_database_is_down() {
     }
     assert_eq!(token(&app, &other, "").await.status(), StatusCode::OK);
     assert_eq!(app.get(&path, &worker).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(800));
+    let app = spawn_with_lwa(Backend::Sqlite, &fake).await;
+    let id = connection(&app, 1).await;
+    let in_flight = tokio::spawn(
+        app.client
+            .get(app.url(&format!("/connections/{id}/token")))
+            .bearer_auth(ADMIN_KEY)
+            .send(),
+    );
+    // Let the request reach the server and wait on LWA, then stop the server.
+    while fake.calls() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = app.url("/healthz");
+    let client = app.client.clone();
+    app.stop().await;
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        client.get(url).send().await.is_err(),
+        "no new requests after shutdown"
+    );
 }
