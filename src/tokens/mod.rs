@@ -77,13 +77,14 @@ pub struct Grant {
     pub merchant_token: MerchantToken,
     pub marketplace_ids: Vec<String>,
     pub endpoint: SpApiEndpoint,
-    /// Unix seconds of the last request for it; idle grants are neither refreshed nor kept.
+    /// Unix milliseconds of the last request for it; idle grants are neither refreshed nor kept.
     last_used: AtomicI64,
 }
 
 impl Grant {
     fn touch(&self, at: DateTime<Utc>) {
-        self.last_used.store(at.timestamp(), Ordering::Relaxed);
+        self.last_used
+            .store(at.timestamp_millis(), Ordering::Relaxed);
     }
 }
 
@@ -309,7 +310,7 @@ impl TokenService {
             .collect();
         metrics::gauge!("registry_cached_tokens").set(grants.len() as f64);
         for (id, grant) in grants {
-            if grant.last_used.load(Ordering::Relaxed) < idle_since.timestamp() {
+            if grant.last_used.load(Ordering::Relaxed) < idle_since.timestamp_millis() {
                 self.write_grants().remove(&id);
                 continue;
             }

@@ -20,6 +20,7 @@ both_backends!(
     concurrent_first_requests_make_one_lwa_call,
     cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_one_call,
     tokens_are_refreshed_ahead_of_expiry_while_in_use,
+    tokens_nobody_asks_for_are_not_refreshed,
     refused_credentials_set_the_status_and_stop_workers,
     transient_failures_keep_the_status_and_recover,
     unusable_lwa_answers_are_bad_gateway,
@@ -223,6 +224,27 @@ async fn tokens_are_refreshed_ahead_of_expiry_while_in_use(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen.len() >= 3, "refreshed ahead, more than once: {seen:?}");
+}
+
+async fn tokens_nobody_asks_for_are_not_refreshed(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_expires_in(6);
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.refresh_ahead = chrono::TimeDelta::seconds(4);
+        config.tokens.refresh_tick = Duration::from_millis(200);
+        config.tokens.idle_after = chrono::TimeDelta::milliseconds(500);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    token_ok(&app, &id, "?min_ttl=1").await;
+    // Past the refresh window, with nobody asking: forgotten, not refreshed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fake.calls(), 1, "an idle connection costs no LWA calls");
+    let (_, cache) = token_ok(&app, &id, "?min_ttl=1").await;
+    assert_eq!(
+        cache, "connection-registry; fwd=miss",
+        "its token was dropped from memory"
+    );
 }
 
 async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
