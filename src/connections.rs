@@ -285,7 +285,9 @@ impl Connections {
             }
         }
         if new_credentials {
+            // What Amazon said about the old credentials no longer applies.
             c.status = ConnectionStatus::Pending;
+            c.last_error = None;
             row.access_token = None;
         }
         Ok(())

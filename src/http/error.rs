@@ -40,9 +40,10 @@ pub enum ApiError {
     /// Amazon refused the credentials: a 422 with LWA's error as the code.
     #[error("{detail}")]
     Refused { code: &'static str, detail: String },
-    /// Amazon is failing: 502 (nonsense answer) or 503 (unavailable), with `Retry-After`.
+    /// Come back later: Amazon is failing (502 for a nonsense answer, 503 when it is
+    /// unavailable) or the request lost a race; always with `Retry-After`.
     #[error("{detail}")]
-    Upstream {
+    RetryLater {
         status: StatusCode,
         code: &'static str,
         detail: String,
@@ -79,7 +80,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::Refused { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
-            Self::Upstream { status, code, .. } => (*status, code),
+            Self::RetryLater { status, code, .. } => (*status, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
@@ -141,7 +142,7 @@ impl IntoResponse for ApiError {
                     HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
                 );
             }
-            Self::Upstream {
+            Self::RetryLater {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

@@ -16,6 +16,7 @@ use super::fields::{integer_in, string};
 use crate::amazon::lwa::LwaError;
 use crate::app::AppState;
 use crate::domain::{Connection, Environment, MerchantToken, ParseError, Region, now};
+use crate::store::StoreError;
 use crate::tokens::{Served, TokenError};
 
 const DEFAULT_MIN_TTL: u64 = 60;
@@ -128,19 +129,27 @@ fn token_error(err: TokenError) -> ApiError {
                 ),
                 _ => (StatusCode::BAD_GATEWAY, None),
             };
-            ApiError::Upstream {
+            ApiError::RetryLater {
                 status,
                 code: lwa.code(),
                 detail: lwa.to_string(),
                 retry_after_secs: retry_after.unwrap_or(DEFAULT_RETRY_AFTER_SECS).max(1),
             }
         }
-        TokenError::Store(err) => match std::sync::Arc::try_unwrap(err) {
-            Ok(err) => err.into(),
-            Err(shared) => match *shared {
-                crate::store::StoreError::Unavailable(_) => ApiError::DatabaseUnavailable,
-                _ => ApiError::Internal(anyhow::anyhow!("storage failed: {shared}")),
+        // Shared by every caller of one flight, hence by reference.
+        TokenError::Store(err) => match &*err {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::DatabaseUnavailable
+            }
+            // The connection changed twice while its token was being fetched.
+            StoreError::Conflict => ApiError::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "concurrent_update",
+                detail: "the connection changed while its token was fetched; retry".into(),
+                retry_after_secs: 1,
             },
+            _ => ApiError::Internal(anyhow::anyhow!("storage failed: {err}")),
         },
         TokenError::Crypto(err) => err.into(),
     }

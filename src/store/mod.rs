@@ -97,6 +97,8 @@ pub struct ConnectionFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Postgres only: connections for token locks (see `postgres::connect`).
+    token_locks: Option<PgPool>,
 }
 
 #[derive(Clone)]
@@ -148,12 +150,17 @@ const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type 
 impl Store {
     /// Opens `url` (`postgres://…` or `sqlite://…`) and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = if url.starts_with("sqlite:") {
-            Pool::Sqlite(sqlite::connect(url).await?)
-        } else {
-            Pool::Postgres(postgres::connect(url).await?)
-        };
-        Ok(Self { pool })
+        if url.starts_with("sqlite:") {
+            return Ok(Self {
+                pool: Pool::Sqlite(sqlite::connect(url).await?),
+                token_locks: None,
+            });
+        }
+        let (pool, token_locks) = postgres::connect(url).await?;
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+            token_locks: Some(token_locks),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -172,7 +179,10 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await)
+        on_pool!(self, pool => pool.close().await);
+        if let Some(locks) = &self.token_locks {
+            locks.close().await;
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

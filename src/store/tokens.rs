@@ -48,7 +48,7 @@ impl Store {
     pub async fn lock_for_token(&self, id: ConnectionId) -> Result<TokenLock, StoreError> {
         let conn = match &self.pool {
             Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = self.token_locks.as_ref().unwrap_or(pool).begin().await?;
                 sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
                     .execute(&mut *tx)
                     .await?;
