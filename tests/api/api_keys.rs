@@ -125,7 +125,7 @@ async fn created_keys_are_shown_once_and_listed_without_secret(backend: Backend)
     );
     assert_eq!(created["prefix"], key[..8]);
 
-    let list: Value = app.get("/api-keys", ADMIN_KEY).await.json().await.unwrap();
+    let list: Value = app.get_json("/api-keys").await;
     let listed = list["items"]
         .as_array()
         .unwrap()
@@ -224,6 +224,6 @@ async fn revoked_key_stops_working_on_every_replica_within_5_seconds(backend: Ba
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let list: Value = app.get("/api-keys", ADMIN_KEY).await.json().await.unwrap();
+    let list: Value = app.get_json("/api-keys").await;
     assert!(!list.to_string().contains("doomed"));
 }

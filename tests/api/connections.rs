@@ -57,7 +57,7 @@ async fn create_returns_the_resource_without_secrets(backend: Backend) {
     assert!(!text.contains(&secret) && !text.contains(&refresh_token(1)));
     assert!(created.get("client_secret").is_none() && created.get("refresh_token").is_none());
 
-    let read: Value = app.get(&location, ADMIN_KEY).await.json().await.unwrap();
+    let read: Value = app.get_json(&location).await;
     assert_eq!(read, created, "a read returns what the create returned");
 }
 
@@ -97,7 +97,7 @@ async fn list_pages_through_everything_and_filters(backend: Backend) {
     let mut path = "/connections?limit=3".to_owned();
     let mut pages = 0;
     loop {
-        let page: Value = app.get(&path, ADMIN_KEY).await.json().await.unwrap();
+        let page: Value = app.get_json(&path).await;
         pages += 1;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 3);
@@ -111,12 +111,7 @@ async fn list_pages_through_everything_and_filters(backend: Backend) {
     assert_eq!(pages, 3);
     assert_eq!(seen, ids, "every connection once, in creation order");
 
-    let default: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let default: Value = app.get_json("/connections").await;
     assert_eq!(default["items"].as_array().unwrap().len(), 7);
     assert_eq!(default["next_cursor"], Value::Null);
 
@@ -126,20 +121,10 @@ async fn list_pages_through_everything_and_filters(backend: Backend) {
         "merchant_token=A1OTHERSELLER9",
         "region=na&environment=sandbox&status=pending",
     ] {
-        let page: Value = app
-            .get(&format!("/connections?{query}"), ADMIN_KEY)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_json(&format!("/connections?{query}")).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 3, "{query}");
     }
-    let active: Value = app
-        .get("/connections?status=active", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let active: Value = app.get_json("/connections?status=active").await;
     assert_eq!(active["items"], json!([]));
 }
 
@@ -182,7 +167,7 @@ async fn patch_changes_fields_and_keeps_the_rest(backend: Backend) {
         created["client_secret_expires_at"]
     );
 
-    let read: Value = app.get(&path, ADMIN_KEY).await.json().await.unwrap();
+    let read: Value = app.get_json(&path).await;
     assert_eq!(read, cleared);
 
     // A PATCH that changes nothing writes nothing, not even updated_at.
@@ -243,7 +228,7 @@ async fn new_credentials_send_the_connection_back_to_pending(backend: Backend) {
             .unwrap();
         assert_eq!(patched["status"], "pending", "after {change}");
     }
-    let read: Value = app.get(&path, ADMIN_KEY).await.json().await.unwrap();
+    let read: Value = app.get_json(&path).await;
     let secret = client_secret(2);
     assert_eq!(read["client_secret_hint"], secret[secret.len() - 4..]);
     assert!(
@@ -276,12 +261,7 @@ async fn delete_removes_the_connection(backend: Backend) {
         "not_found",
     )
     .await;
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"], json!([]));
 }
 
@@ -370,12 +350,7 @@ async fn idempotency_key_replays_the_first_result(backend: Backend) {
     let theirs: Value = theirs.json().await.unwrap();
     assert_ne!(theirs["id"], first["id"]);
 
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 3);
 }
 
@@ -403,11 +378,6 @@ async fn concurrent_requests_with_one_idempotency_key_create_one_connection(back
         1,
         "every request answered with the one connection"
     );
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }

@@ -264,6 +264,13 @@ impl TestApp {
         self.request(Method::GET, path, key, None).await
     }
 
+    /// GETs `path` as admin and returns the JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path, ADMIN_KEY).await;
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.expect("JSON body")
+    }
+
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
         self.request(Method::POST, path, key, Some(body)).await
     }

@@ -201,12 +201,7 @@ async fn restart_with_a_wrong_or_missing_key_fails_clearly(backend: Backend) {
     let app = TestApp::start(db, Some(MASTER_KEYS))
         .await
         .expect("restarts");
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 

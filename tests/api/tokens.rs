@@ -49,11 +49,7 @@ async fn token_ok(app: &TestApp, id: &str, query: &str) -> (Value, String) {
 }
 
 async fn read(app: &TestApp, id: &str) -> Value {
-    app.get(&format!("/connections/{id}"), ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap()
+    app.get_json(&format!("/connections/{id}")).await
 }
 
 async fn authorize(app: &TestApp, id: &str) -> reqwest::Response {

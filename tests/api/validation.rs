@@ -17,12 +17,7 @@ both_backends!(
 );
 
 async fn assert_nothing_stored(app: &TestApp) {
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"], json!([]), "a failed request stored nothing");
 }
 
@@ -185,12 +180,7 @@ async fn malformed_oversized_and_mistyped_bodies_are_refused(backend: Backend) {
     )
     .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
-    let list: Value = app
-        .get("/connections", ADMIN_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
 
@@ -226,7 +216,7 @@ async fn invalid_patch_names_fields_and_changes_nothing(backend: Backend) {
             "region"
         ]
     );
-    let read: Value = app.get(&path, ADMIN_KEY).await.json().await.unwrap();
+    let read: Value = app.get_json(&path).await;
     assert_eq!(
         read, created,
         "a failed PATCH changes nothing, not even the valid name"
