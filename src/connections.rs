@@ -206,8 +206,9 @@ impl Connections {
             row.version += 1;
             match self.store.update_connection(&row).await {
                 Ok(()) => {
-                    // Every replica re-reads it: new credentials, or what a token response shows.
-                    self.tokens.invalidate(id).await;
+                    // New credentials, or what a token response shows: re-read it here at
+                    // once (the other replicas hear of it from the store).
+                    self.tokens.invalidate(id);
                     return Ok(row.connection);
                 }
                 Err(StoreError::Conflict) if attempts < UPDATE_ATTEMPTS => continue,
@@ -295,7 +296,7 @@ impl Connections {
 
     pub async fn delete(&self, id: ConnectionId) -> Result<(), ConnectionError> {
         self.store.delete_connection(id).await?;
-        self.tokens.invalidate(id).await;
+        self.tokens.invalidate(id);
         Ok(())
     }
 

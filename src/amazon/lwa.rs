@@ -12,10 +12,8 @@ use reqwest::{StatusCode, Url, header};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::{AccessToken, ClientId, ClientSecret, RefreshToken, now};
+use crate::domain::{AccessToken, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshToken, now};
 
-/// Amazon documents tokens of at most 2048 bytes.
-const MAX_TOKEN_LEN: usize = 2048;
 /// How much of LWA's `error_description` is kept.
 const MAX_DESCRIPTION_LEN: usize = 300;
 
@@ -349,14 +347,38 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
 }
 
 /// What LWA said, bounded and without anything we sent it.
+/// Secrets are replaced before the text is cut (a cut secret would no longer match), as
+/// sent and as form-encoded; any other word that looks like a credential goes too.
 fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut text: String = text.chars().take(MAX_DESCRIPTION_LEN).collect();
-    for secret in secrets {
-        if !secret.is_empty() {
-            text = text.replace(secret, "[redacted]");
-        }
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        text = text.replace(secret, "[redacted]");
+        text = text.replace(&form_encode(secret), "[redacted]");
     }
-    text
+    let words: Vec<&str> = text
+        .split(' ')
+        .map(|word| {
+            let lower = word.to_ascii_lowercase();
+            let looks_secret = ["atzr|", "atza|", "atzr%7c", "atza%7c", "amzn1.oa2-cs."]
+                .iter()
+                .any(|marker| lower.contains(marker));
+            if looks_secret { "[redacted]" } else { word }
+        })
+        .collect();
+    words.join(" ").chars().take(MAX_DESCRIPTION_LEN).collect()
+}
+
+/// `application/x-www-form-urlencoded` as the request body carried it.
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// An error code from the other side, fit for a log line.
@@ -381,6 +403,19 @@ mod tests {
             "bad token [redacted] for secret [redacted]"
         );
         assert_eq!(scrub(&"x".repeat(1000), &[]).len(), MAX_DESCRIPTION_LEN);
+        // A long secret late in a long text is replaced whole, not cut into a fragment.
+        let long = format!("Atzr|{}", "t".repeat(400));
+        let text = format!("{} {long}", "x".repeat(250));
+        assert!(!scrub(&text, &[&long]).contains("ttt"));
+        assert_eq!(
+            scrub("got Atzr%7Cabc and atza|zzz", &["Atzr|abc"]),
+            "got [redacted] and [redacted]"
+        );
+    }
+
+    #[test]
+    fn form_encoding_matches_the_request_body() {
+        assert_eq!(form_encode("Atzr|a-b_c.d*e f/g"), "Atzr%7Ca-b_c.d*e+f%2Fg");
     }
 
     #[test]

@@ -11,7 +11,7 @@ const CLIENT_ID_PREFIX: &str = "amzn1.application-oa2-client.";
 const CLIENT_SECRET_PREFIX: &str = "amzn1.oa2-cs.v1.";
 const REFRESH_TOKEN_PREFIX: &str = "Atzr|";
 /// Amazon documents tokens of at most 2048 bytes.
-const MAX_TOKEN_LEN: usize = 2048;
+pub const MAX_TOKEN_LEN: usize = 2048;
 const MAX_SECRET_LEN: usize = 512;
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
@@ -61,7 +61,8 @@ impl ClientSecret {
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         if input.len() < 16 || input.len() > MAX_SECRET_LEN || !is_printable_token(input) {
             return Err(ParseError::new(format!(
-                "must be an LWA client secret (`{CLIENT_SECRET_PREFIX}` followed by 64 lowercase hex digits)"
+                "must be an LWA client secret: 16 to {MAX_SECRET_LEN} printable characters without \
+                 spaces (Amazon's are `{CLIENT_SECRET_PREFIX}` followed by 64 lowercase hex digits)"
             )));
         }
         Ok(Self(SecretString::from(input)))

@@ -7,7 +7,9 @@ mod connection;
 mod region;
 mod token;
 
-pub use amazon_ids::{ApplicationId, ClientId, ClientSecret, MerchantToken, RefreshToken};
+pub use amazon_ids::{
+    ApplicationId, ClientId, ClientSecret, MAX_TOKEN_LEN, MerchantToken, RefreshToken,
+};
 pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
 pub use connection::{
     Connection, ConnectionId, ConnectionName, ConnectionPatch, ConnectionStatus, LastError,

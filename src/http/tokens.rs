@@ -99,6 +99,7 @@ async fn token(
         HeaderValue::from_static(match served {
             Served::Memory => "connection-registry; hit",
             Served::Fetched => "connection-registry; fwd=miss",
+            Served::Stale => "connection-registry; hit; detail=stale",
         }),
     );
     Ok(response)
@@ -148,6 +149,13 @@ fn token_error(err: TokenError) -> ApiError {
                 code: "concurrent_update",
                 detail: "the connection changed while its token was fetched; retry".into(),
                 retry_after_secs: 1,
+            },
+            // Another replica's LWA exchange for this connection is taking long.
+            StoreError::Busy => ApiError::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "token_fetch_in_progress",
+                detail: "another replica is still fetching this connection's token; retry".into(),
+                retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
             },
             _ => ApiError::Internal(anyhow::anyhow!("storage failed: {err}")),
         },

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// A unique key already exists, or the row changed since it was read.
     #[error("conflict")]
     Conflict,
+    /// Waited too long for a lock another replica holds (its LWA exchange is slow).
+    #[error("timed out waiting for a lock")]
+    Busy,
     /// The database cannot be reached; worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -48,6 +51,8 @@ impl From<sqlx::Error> for StoreError {
         match &err {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            // lock_not_available: `lock_timeout` ran out.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => StoreError::Busy,
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -134,6 +139,10 @@ const SELECT_CONNECTION: &str = concat!(
     connection_columns!(),
     " FROM connections WHERE id = $1"
 );
+
+/// Postgres: every replica's `ChangeListener` hears which connection changed.
+const CHANGES_CHANNEL: &str = "connection_registry_changes";
+const NOTIFY_CHANGE: &str = "SELECT pg_notify($1, $2)";
 
 /// Writes every column if the stored row is still at the version before `$25`.
 const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type = $3, \
@@ -308,27 +317,59 @@ impl Store {
     }
 
     /// Writes every column of `row` if the stored row is still at `row.version - 1`:
-    /// `Conflict` means someone else changed it since it was read.
+    /// `Conflict` means someone else changed it since it was read. Every replica hears of
+    /// the change when it commits.
     pub async fn update_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
         let columns = ConnectionColumns::from(row);
-        let updated = on_pool!(self, pool => bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
+        let id = row.connection.id;
+        let updated = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 1 && self.backend() == Backend::Postgres {
+                sqlx::query(NOTIFY_CHANGE)
+                    .bind(CHANGES_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            updated
+        });
         if updated == 1 {
             return Ok(());
         }
         // Tell "gone" from "changed under us".
-        self.get_connection(row.connection.id).await?;
+        self.get_connection(id).await?;
         Err(StoreError::Conflict)
     }
 
+    /// Deletes the connection, with its secrets, its token and the idempotency records
+    /// that would replay its creation; every replica hears of it when it commits.
     pub async fn delete_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
-        let deleted = on_pool!(self, pool => sqlx::query("DELETE FROM connections WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
+        let deleted = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query("DELETE FROM connections WHERE id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM idempotency_keys WHERE connection_id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+            if deleted == 1 && self.backend() == Backend::Postgres {
+                sqlx::query(NOTIFY_CHANGE)
+                    .bind(CHANGES_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            deleted
+        });
         match deleted {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),

@@ -1,6 +1,6 @@
 //! What the token service needs beyond plain reads and writes: a per-connection lock that
-//! spans replicas while one of them talks to LWA, and change notifications so every
-//! replica drops a cached token the moment its connection changes.
+//! spans replicas while one of them talks to LWA, and the change notifications (sent by
+//! every connection write) that make every replica drop a cached token at once.
 
 use std::time::Duration;
 
@@ -8,12 +8,14 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, SqlitePool, Transaction};
 
 use super::rows::{ConnectionColumns, bind_connection};
-use super::{Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION};
+use super::{
+    CHANGES_CHANNEL, NOTIFY_CHANGE, Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION,
+};
 use crate::domain::ConnectionId;
 
-const CHANGES_CHANNEL: &str = "connection_registry_changes";
-/// Longest a replica waits for another one's LWA exchange of the same connection.
-const LOCK_TIMEOUT: &str = "60s";
+/// Longest a replica waits for another one's LWA exchange of the same connection; below
+/// the request time limit, so the caller hears why.
+const LOCK_TIMEOUT: &str = "45s";
 
 /// The right to exchange one connection's refresh token. On Postgres it is a transaction
 /// holding an advisory lock, so replicas take turns and the later ones find the earlier
@@ -63,19 +65,6 @@ impl Store {
         Ok(TokenLock { conn })
     }
 
-    /// Tells every replica that this connection changed (Postgres `NOTIFY`; a no-op on
-    /// SQLite, where this process is the only one).
-    pub async fn announce_change(&self, id: ConnectionId) -> Result<(), StoreError> {
-        if let Pool::Postgres(pool) = &self.pool {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANGES_CHANNEL)
-                .bind(id.to_string())
-                .execute(pool)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Change notifications from every replica; `None` on SQLite.
     pub fn change_listener(&self) -> Option<ChangeListener> {
         match &self.pool {
@@ -108,6 +97,18 @@ impl TokenLock {
             1 => Ok(()),
             _ => Err(StoreError::Conflict),
         }
+    }
+
+    /// Every replica hears of this connection's change when the lock is released.
+    pub async fn announce_change(&mut self, id: ConnectionId) -> Result<(), StoreError> {
+        if let LockConn::Postgres(tx) = &mut self.conn {
+            sqlx::query(NOTIFY_CHANGE)
+                .bind(CHANGES_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Commits what was written and lets the next replica in.

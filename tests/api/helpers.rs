@@ -267,7 +267,11 @@ impl TestApp {
     /// GETs `path` as admin and returns the JSON body.
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.get(path, ADMIN_KEY).await;
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.expect("JSON body")
     }
 

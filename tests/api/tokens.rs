@@ -329,7 +329,10 @@ async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
 
 async fn transient_failures_keep_the_status_and_recover(backend: Backend) {
     let fake = FakeLwa::start().await;
-    let app = spawn_with_lwa(backend, &fake).await;
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::milliseconds(500);
+    })
+    .await;
     let id = connection(&app, 1).await;
     let cases = [
         (LwaMode::ServerError, 3),
@@ -378,6 +381,25 @@ async fn transient_failures_keep_the_status_and_recover(backend: Backend) {
     fake.set_mode(LwaMode::ServerError);
     let (_, cache) = token_ok(&app, &id, "").await;
     assert_eq!(cache, "connection-registry; hit");
+
+    // Even a worker asking for more life than the cached token has gets it while LWA
+    // fails: it is still valid, which beats a 503. Not so for a forced refresh.
+    fake.set_mode(LwaMode::Issue);
+    fake.set_expires_in(120);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (fresh, cache) = token_ok(&app, &id, "?force_refresh=true").await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    fake.set_mode(LwaMode::ServerError);
+    let (stale, cache) = token_ok(&app, &id, "?min_ttl=600").await;
+    assert_eq!(cache, "connection-registry; hit; detail=stale");
+    assert_eq!(stale["access_token"], fresh["access_token"]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    problem(
+        token(&app, &id, "?force_refresh=true").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "lwa_unavailable",
+    )
+    .await;
 }
 
 async fn unusable_lwa_answers_are_bad_gateway(backend: Backend) {

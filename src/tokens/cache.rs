@@ -1,0 +1,109 @@
+//! The grants held in memory, and the bookkeeping that stops a fetch begun before an
+//! invalidation from caching what it fetched.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+
+use super::Grant;
+use crate::domain::{ConnectionId, now};
+
+/// What a fetch notes when it begins; it may cache its result only if, when it ends, no
+/// invalidation of that connection (or of everything) came in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    connection: u64,
+    everything: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Cache {
+    entries: RwLock<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    grants: HashMap<ConnectionId, Arc<Grant>>,
+    /// The invalidation count of each recently invalidated connection, and when.
+    invalidated: HashMap<ConnectionId, (u64, DateTime<Utc>)>,
+    everything_invalidated: u64,
+    invalidations: u64,
+}
+
+impl Entries {
+    fn stamp(&self, id: ConnectionId) -> Stamp {
+        Stamp {
+            connection: self.invalidated.get(&id).map_or(0, |(count, _)| *count),
+            everything: self.everything_invalidated,
+        }
+    }
+}
+
+impl Cache {
+    pub fn get(&self, id: ConnectionId) -> Option<Arc<Grant>> {
+        self.read().grants.get(&id).cloned()
+    }
+
+    pub fn stamp(&self, id: ConnectionId) -> Stamp {
+        self.read().stamp(id)
+    }
+
+    /// Caches `grant` unless `id` was invalidated since `stamp`. A grant replacing another
+    /// keeps its last use: refreshing a token is not using it.
+    pub fn store(&self, id: ConnectionId, grant: &Arc<Grant>, stamp: Stamp) {
+        let mut entries = self.write();
+        if entries.stamp(id) != stamp {
+            return;
+        }
+        if let Some(old) = entries.grants.get(&id) {
+            let last_used = old.last_used.load(Ordering::Relaxed);
+            grant.last_used.store(last_used, Ordering::Relaxed);
+        }
+        entries.grants.insert(id, grant.clone());
+    }
+
+    /// Drops the grant; fetches under way may still cache theirs.
+    pub fn remove(&self, id: ConnectionId) {
+        self.write().grants.remove(&id);
+    }
+
+    /// Drops the grant, and whatever fetches under way bring back.
+    pub fn invalidate(&self, id: ConnectionId) {
+        let mut entries = self.write();
+        entries.invalidations += 1;
+        let count = entries.invalidations;
+        entries.invalidated.insert(id, (count, now()));
+        entries.grants.remove(&id);
+    }
+
+    pub fn invalidate_all(&self) {
+        let mut entries = self.write();
+        entries.invalidations += 1;
+        entries.everything_invalidated = entries.invalidations;
+        entries.grants.clear();
+    }
+
+    pub fn snapshot(&self) -> Vec<(ConnectionId, Arc<Grant>)> {
+        self.read()
+            .grants
+            .iter()
+            .map(|(id, grant)| (*id, grant.clone()))
+            .collect()
+    }
+
+    /// Forgets invalidations older than any fetch can be (a fetch is bounded by the
+    /// request time limit), so the bookkeeping does not grow without bound.
+    pub fn prune(&self, before: DateTime<Utc>) {
+        self.write().invalidated.retain(|_, (_, at)| *at >= before);
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Entries> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Entries> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
