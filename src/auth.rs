@@ -2,18 +2,21 @@
 //!
 //! Every replica keeps the active keys (by hash) in memory and reloads them every
 //! `RELOAD_INTERVAL`, so a key revoked anywhere stops working everywhere within that
-//! interval. A key not yet in memory (just created on another replica) is looked up once.
-//! While the database is down, the keys already loaded keep working.
+//! interval. A key not yet in memory (just created on another replica) is looked up once;
+//! an unknown one is remembered as such for the same interval, so guessing costs no
+//! query each time. While the database is down, the keys already loaded keep working.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
 use crate::store::{Store, StoreError};
 
 /// Bounds how long a revoked key keeps working on another replica (the contract says 5 s).
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How many unknown keys are remembered before the memory starts over.
+const UNKNOWN_KEYS_REMEMBERED: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -27,6 +30,8 @@ pub enum AuthError {
 pub struct ApiKeyVerifier {
     store: Store,
     active: Arc<RwLock<HashMap<ApiKeyHash, ApiKey>>>,
+    /// Keys the database did not know, and when it said so.
+    unknown: Arc<Mutex<HashMap<ApiKeyHash, Instant>>>,
 }
 
 /// A new key: the stored description plus the plaintext, shown once.
@@ -40,6 +45,7 @@ impl ApiKeyVerifier {
         Self {
             store,
             active: Arc::default(),
+            unknown: Arc::default(),
         }
     }
 
@@ -49,11 +55,21 @@ impl ApiKeyVerifier {
         if let Some(key) = self.read().get(&hash) {
             return Ok(key.clone());
         }
-        let key = self
-            .store
-            .find_active_api_key(hash)
-            .await?
-            .ok_or(AuthError::UnknownKey)?;
+        let recently_unknown = self
+            .unknown()
+            .get(&hash)
+            .is_some_and(|at| at.elapsed() < RELOAD_INTERVAL);
+        if recently_unknown {
+            return Err(AuthError::UnknownKey);
+        }
+        let Some(key) = self.store.find_active_api_key(hash).await? else {
+            let mut unknown = self.unknown();
+            if unknown.len() >= UNKNOWN_KEYS_REMEMBERED {
+                unknown.clear();
+            }
+            unknown.insert(hash, Instant::now());
+            return Err(AuthError::UnknownKey);
+        };
         self.write().insert(hash, key.clone());
         Ok(key)
     }
@@ -85,6 +101,7 @@ impl ApiKeyVerifier {
         let token = ApiKeyToken::generate();
         let key = describe(&token, name, scopes);
         self.store.insert_api_key(&key, token.hash()).await?;
+        self.write().insert(token.hash(), key.clone());
         Ok(CreatedApiKey { key, token })
     }
 
@@ -105,6 +122,12 @@ impl ApiKeyVerifier {
         self.store.revoke_api_key(id).await?;
         self.write().retain(|_, key| key.id != id);
         Ok(())
+    }
+
+    fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyHash, Instant>> {
+        self.unknown
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ApiKeyHash, ApiKey>> {

@@ -2,7 +2,8 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-#[derive(Debug, Parser)]
+/// No `Debug`: the settings hold the master keys and the bootstrap key in plain text.
+#[derive(Parser)]
 #[command(name = "connection-registry", version, about)]
 pub struct Cli {
     #[command(flatten)]
@@ -12,7 +13,7 @@ pub struct Cli {
 }
 
 /// Raw settings as given; `config::Config::from_settings` validates them.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct Settings {
     /// `postgres://…` or `sqlite://…` [default: sqlite://./data/registry.db]
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]

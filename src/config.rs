@@ -43,7 +43,7 @@ const BOOTSTRAP_ADMIN_KEY: &str = "REGISTRY_BOOTSTRAP_ADMIN_KEY (--bootstrap-adm
 const LWA_TOKEN_URL: &str = "REGISTRY_LWA_TOKEN_URL (--lwa-token-url)";
 const SPAPI_URL: &str = "REGISTRY_SPAPI_URL (--spapi-url)";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum DatabaseUrl {
     Postgres(String),
     /// `dir` is where the database file lives; a generated master key goes beside it.
@@ -51,6 +51,19 @@ pub enum DatabaseUrl {
         url: String,
         dir: PathBuf,
     },
+}
+
+/// Without the password a Postgres URL may carry.
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.as_str().to_owned();
+        if let Ok(mut url) = Url::parse(self.as_str()) {
+            if url.password().is_some() && url.set_password(Some("redacted")).is_ok() {
+                shown = url.to_string();
+            }
+        }
+        f.debug_tuple("DatabaseUrl").field(&shown).finish()
+    }
 }
 
 impl DatabaseUrl {
@@ -253,6 +266,16 @@ mod tests {
         assert!(err.to_string().starts_with("REGISTRY_LWA_TOKEN_URL"));
         let err = config(&["--bootstrap-admin-key", "short"]).unwrap_err();
         assert!(err.to_string().starts_with("REGISTRY_BOOTSTRAP_ADMIN_KEY"));
+    }
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let url = DatabaseUrl::parse("postgres://registry:s3cret@db:5432/registry").unwrap();
+        let shown = format!("{url:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     #[test]

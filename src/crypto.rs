@@ -44,8 +44,11 @@ pub enum KeyringError {
     Empty,
     #[error("entry {position} is not `key_id:base64(32 bytes)`")]
     MissingSeparator { position: usize },
-    #[error("key id `{0}` must be 1 to 32 letters, digits, `-` or `_`")]
-    BadKeyId(String),
+    /// By position: a malformed entry may be the key itself, which must not be echoed.
+    #[error(
+        "entry {position}: the key id (before `:`) must be 1 to 32 letters, digits, `-` or `_`"
+    )]
+    BadKeyId { position: usize },
     #[error("key `{0}` is not valid base64")]
     BadBase64(String),
     #[error("key `{id}` is {len} bytes; AES-256 needs exactly 32")]
@@ -123,7 +126,9 @@ impl Keyring {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !valid_id {
-                return Err(KeyringError::BadKeyId(id.to_owned()));
+                return Err(KeyringError::BadKeyId {
+                    position: index + 1,
+                });
             }
             let bytes = Zeroizing::new(
                 STANDARD
@@ -343,10 +348,11 @@ mod tests {
             Keyring::parse(&format!("k1:{},k1:{}", key(1), key(2))).unwrap_err(),
             KeyringError::DuplicateId("k1".into())
         );
-        assert!(matches!(
-            Keyring::parse(&format!("bad id:{}", key(1))).unwrap_err(),
-            KeyringError::BadKeyId(_)
-        ));
+        // A swapped entry would put the key where the id goes: it is not repeated.
+        let swapped = format!("{}:k1", key(1));
+        let err = Keyring::parse(&swapped).unwrap_err();
+        assert_eq!(err, KeyringError::BadKeyId { position: 1 });
+        assert!(!err.to_string().contains(&key(1)));
         let generated = Keyring::generate_spec("local");
         assert_eq!(keyring(generated.expose_secret()).primary_id(), "local");
     }

@@ -157,9 +157,16 @@ impl ApiKeyToken {
         ApiKeyHash(Sha256::digest(self.0.expose_secret().as_bytes()).into())
     }
 
-    /// Enough of the key to recognise it in a list, too little to matter.
+    /// Enough of the key to recognise it in a list, too little to matter: `crk_` and 4
+    /// more of a generated key; of an operator-chosen one, at most a fifth.
     pub fn display_prefix(&self) -> String {
-        self.0.expose_secret().chars().take(8).collect()
+        let key = self.0.expose_secret();
+        let shown = if key.starts_with(API_KEY_PREFIX) && key.len() >= 40 {
+            API_KEY_PREFIX.len() + 4
+        } else {
+            (key.len() / 5).min(8)
+        };
+        key.chars().take(shown).collect()
     }
 
     pub fn expose(&self) -> &str {

@@ -1,6 +1,6 @@
 //! `/api-keys`: admins create, list and revoke API keys.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::extract::{Admin, Caller, JsonObject};
+use super::extract::{Admin, Caller, JsonObject, PathId};
 use super::fields::{Fields, string};
 use crate::app::AppState;
 use crate::domain::{ApiKey, ApiKeyId, ApiKeyName, ParseError, Scope};
@@ -72,7 +72,7 @@ async fn list(
 async fn revoke(
     _caller: Caller<Admin>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     let id = ApiKeyId::parse(&id).map_err(|_| ApiError::NotFound("API key"))?;
     state.api_keys.revoke(id).await.map_err(|err| match err {

@@ -1,6 +1,6 @@
 //! `/connections`: create, list, read, change and delete connections.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::extract::{Caller, ConnectionsRead, ConnectionsWrite, JsonObject, QueryFields};
+use super::extract::{Caller, ConnectionsRead, ConnectionsWrite, JsonObject, PathId, QueryFields};
 use super::fields::{Fields, integer_in, string, timestamp};
 use crate::app::AppState;
 use crate::connections::IdempotencyKey;
@@ -81,7 +81,7 @@ async fn list(
 async fn show(
     _caller: Caller<ConnectionsRead>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Connection>, ApiError> {
     Ok(Json(state.connections.get(connection_id(&id)?).await?))
 }
@@ -89,7 +89,7 @@ async fn show(
 async fn update(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Connection>, ApiError> {
     let id = connection_id(&id)?;
@@ -100,7 +100,7 @@ async fn update(
 async fn remove(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     state.connections.delete(connection_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)

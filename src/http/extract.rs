@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{StatusCode, header, request::Parts};
 use serde_json::{Map, Value};
 
@@ -73,6 +73,21 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryFields {
             .map(|(name, value)| (name, Value::String(value)))
             .collect();
         Ok(Self(Fields::new(map)))
+    }
+}
+
+/// The `{id}` of a path as text. A path that is not even text (`/connections/%FF`) names
+/// nothing: 404, like an unknown id.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|_| ApiError::NotFound("resource"))
     }
 }
 

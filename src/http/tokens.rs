@@ -1,7 +1,7 @@
 //! Tokens: `POST /connections/{id}/authorize` for the frontend, and
 //! `GET /connections/{id}/token` for sync workers (the hot path).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::connections::connection_id;
 use super::error::ApiError;
-use super::extract::{Caller, ConnectionsWrite, QueryFields, TokensRead};
+use super::extract::{Caller, ConnectionsWrite, PathId, QueryFields, TokensRead};
 use super::fields::{integer_in, string};
 use crate::amazon::lwa::LwaError;
 use crate::app::AppState;
@@ -34,7 +34,7 @@ pub fn router() -> Router<AppState> {
 async fn authorize(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Connection>, ApiError> {
     let id = connection_id(&id)?;
     state.tokens.authorize(id).await.map_err(|err| match err {
@@ -64,7 +64,7 @@ struct TokenBody<'a> {
 async fn token(
     _caller: Caller<TokensRead>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     QueryFields(mut query): QueryFields,
 ) -> Result<Response, ApiError> {
     let id = connection_id(&id)?;

@@ -270,6 +270,7 @@ async fn unknown_and_malformed_ids_are_404(backend: Backend) {
     for path in [
         format!("/connections/{}", uuid::Uuid::now_v7()),
         "/connections/not-a-uuid".to_owned(),
+        "/connections/%FF".to_owned(),
     ] {
         problem(
             app.get(&path, ADMIN_KEY).await,
