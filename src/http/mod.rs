@@ -11,7 +11,7 @@ mod tokens;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -48,10 +48,15 @@ pub fn router(state: AppState) -> Router {
                     .get(&REQUEST_ID)
                     .and_then(|value| value.to_str().ok())
                     .unwrap_or("");
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("", MatchedPath::as_str);
                 // The path, never the query string or headers: no secret can reach a log.
                 tracing::info_span!(
                     "request",
                     method = %request.method(),
+                    route,
                     path = %request.uri().path(),
                     request_id,
                 )

@@ -221,6 +221,9 @@ impl TokenService {
             fetched_since: Some(now()),
             ignore_status: true,
         };
+        // Its own fetch: one under way for workers would not call LWA for a refused
+        // connection. Workers arriving now join this one instead.
+        self.inner.flights.detach(id);
         self.fly(id, need).await
     }
 
