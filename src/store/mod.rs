@@ -7,6 +7,18 @@
 //! token lock) lives in `postgres.rs` and `sqlite.rs`. Failures leave this module as
 //! `StoreError`, never as `sqlx::Error`.
 
+/// Postgres: queues, in the transaction `$conn` belongs to, the notification that
+/// connection `$id` changed; every replica's `ChangeListener` hears it at commit.
+macro_rules! notify_change {
+    ($conn:expr, $id:expr) => {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind($crate::store::CHANGES_CHANNEL)
+            .bind($id.to_string())
+            .execute($conn)
+            .await?
+    };
+}
+
 mod postgres;
 mod rows;
 mod sqlite;
@@ -140,9 +152,8 @@ const SELECT_CONNECTION: &str = concat!(
     " FROM connections WHERE id = $1"
 );
 
-/// Postgres: every replica's `ChangeListener` hears which connection changed.
+/// The Postgres channel of `notify_change!`.
 const CHANGES_CHANNEL: &str = "connection_registry_changes";
-const NOTIFY_CHANGE: &str = "SELECT pg_notify($1, $2)";
 
 /// Writes every column if the stored row is still at the version before `$25`.
 const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type = $3, \
@@ -329,11 +340,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if updated == 1 && self.backend() == Backend::Postgres {
-                sqlx::query(NOTIFY_CHANGE)
-                    .bind(CHANGES_CHANNEL)
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                notify_change!(&mut *tx, id);
             }
             tx.commit().await?;
             updated
@@ -361,11 +368,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if deleted == 1 && self.backend() == Backend::Postgres {
-                sqlx::query(NOTIFY_CHANGE)
-                    .bind(CHANGES_CHANNEL)
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                notify_change!(&mut *tx, id);
             }
             tx.commit().await?;
             deleted

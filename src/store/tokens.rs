@@ -8,9 +8,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, SqlitePool, Transaction};
 
 use super::rows::{ConnectionColumns, bind_connection};
-use super::{
-    CHANGES_CHANNEL, NOTIFY_CHANGE, Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION,
-};
+use super::{CHANGES_CHANNEL, Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION};
 use crate::domain::ConnectionId;
 
 /// Longest a replica waits for another one's LWA exchange of the same connection; below
@@ -102,11 +100,7 @@ impl TokenLock {
     /// Every replica hears of this connection's change when the lock is released.
     pub async fn announce_change(&mut self, id: ConnectionId) -> Result<(), StoreError> {
         if let LockConn::Postgres(tx) = &mut self.conn {
-            sqlx::query(NOTIFY_CHANGE)
-                .bind(CHANGES_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut **tx)
-                .await?;
+            notify_change!(&mut **tx, id);
         }
         Ok(())
     }

@@ -52,6 +52,27 @@ async fn read(app: &TestApp, id: &str) -> Value {
     app.get_json(&format!("/connections/{id}")).await
 }
 
+async fn patch_ok(app: &TestApp, id: &str, body: Value) -> Value {
+    let response = app
+        .patch(&format!("/connections/{id}"), ADMIN_KEY, &body)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+/// The distinct access tokens of many 200 responses.
+async fn distinct_tokens(responses: Vec<reqwest::Response>) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    tokens.sort();
+    tokens.dedup();
+    tokens
+}
+
 async fn authorize(app: &TestApp, id: &str) -> reqwest::Response {
     app.post(
         &format!("/connections/{id}/authorize"),
@@ -142,13 +163,7 @@ async fn concurrent_first_requests_make_one_lwa_call(backend: Backend) {
     let id = connection(&app, 1).await;
     let requests = (0..200).map(|_| token(&app, &id, ""));
     let responses = futures_util::future::join_all(requests).await;
-    let mut tokens = Vec::new();
-    for response in responses {
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    tokens.dedup();
+    let tokens = distinct_tokens(responses).await;
     assert_eq!(tokens.len(), 1, "all callers got the same token");
     assert_eq!(fake.calls(), 1, "exactly one LWA call");
 }
@@ -178,13 +193,7 @@ async fn cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_on
     tokio::time::sleep(Duration::from_millis(600)).await;
     fake.set_delay(Duration::from_millis(200));
     let storm = (0..20).map(|_| token(&app, &id, "?force_refresh=true"));
-    let mut tokens = Vec::new();
-    for response in futures_util::future::join_all(storm).await {
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    tokens.dedup();
+    let tokens = distinct_tokens(futures_util::future::join_all(storm).await).await;
     assert_eq!(tokens.len(), 1);
     assert_ne!(tokens[0], first["access_token"].as_str().unwrap());
     assert_eq!(fake.calls(), 2, "twenty forced refreshes, one LWA call");
@@ -430,14 +439,7 @@ async fn new_credentials_and_delete_drop_the_cached_token(backend: Backend) {
     let app = spawn_with_lwa(backend, &fake).await;
     let id = connection(&app, 1).await;
     token_ok(&app, &id, "").await;
-    let patched = app
-        .patch(
-            &format!("/connections/{id}"),
-            ADMIN_KEY,
-            &json!({"refresh_token": refresh_token(2)}),
-        )
-        .await;
-    assert_eq!(patched.status(), StatusCode::OK);
+    patch_ok(&app, &id, json!({"refresh_token": refresh_token(2)})).await;
     let (body, cache) = token_ok(&app, &id, "").await;
     assert_eq!(cache, "connection-registry; fwd=miss");
     assert_eq!(
@@ -552,14 +554,7 @@ async fn two_replicas_share_one_lwa_call() {
         let app = if i % 2 == 0 { &a } else { &b };
         token(app, &id, "")
     });
-    let mut tokens = Vec::new();
-    for response in futures_util::future::join_all(requests).await {
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.unwrap();
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    tokens.sort();
-    tokens.dedup();
+    let tokens = distinct_tokens(futures_util::future::join_all(requests).await).await;
     assert_eq!(tokens.len(), 1, "both replicas hand out the one token");
     assert_eq!(fake.calls(), 1, "two replicas, one LWA call");
 }
@@ -576,14 +571,7 @@ async fn a_change_on_one_replica_reaches_the_others_at_once() {
         Some(refresh_token(1))
     );
 
-    let patched = a
-        .patch(
-            &format!("/connections/{id}"),
-            ADMIN_KEY,
-            &json!({"refresh_token": refresh_token(2)}),
-        )
-        .await;
-    assert_eq!(patched.status(), StatusCode::OK);
+    patch_ok(&a, &id, json!({"refresh_token": refresh_token(2)})).await;
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let (body, _) = token_ok(&b, &id, "").await;
