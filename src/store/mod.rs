@@ -3,8 +3,9 @@
 //!
 //! Both dialects take `$n` parameters and their column types decode into the same Rust
 //! types, so each query is written once and `on_pool!` runs it on whichever pool is open.
-//! What differs between the backends (connecting, migrations, later the cross-replica
-//! token lock) lives in `postgres.rs` and `sqlite.rs`. Failures leave this module as
+//! Queries live by concern (`connections.rs`, `api_keys.rs`; the token lock and change
+//! notifications in `tokens.rs`); connecting and migrations per backend in `postgres.rs`
+//! and `sqlite.rs`; column mapping in `rows.rs`. Failures leave this module as
 //! `StoreError`, never as `sqlx::Error`.
 
 /// Postgres: queues, in the transaction `$conn` belongs to, the notification that
@@ -19,21 +20,9 @@ macro_rules! notify_change {
     };
 }
 
-mod postgres;
-mod rows;
-mod sqlite;
-mod tokens;
-
-use chrono::{DateTime, Utc};
-use sqlx::types::Json;
 use sqlx::{PgPool, SqlitePool};
-use uuid::Uuid;
 
-use crate::domain::{
-    ApiKey, ApiKeyHash, ApiKeyId, ConnectionId, ConnectionStatus, Environment, MerchantToken,
-    Region,
-};
-use rows::{ApiKeyColumns, ConnectionColumns, bind_connection};
+use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
 pub use tokens::{Change, ChangeListener, TokenLock};
 
@@ -128,8 +117,8 @@ enum Pool {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Postgres($pool) => $body,
-            Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+            $crate::store::Pool::Sqlite($pool) => $body,
         }
     };
 }
@@ -145,6 +134,13 @@ macro_rules! connection_columns {
     access_token_fetched_at, access_token_expires_at, version, created_at, updated_at"
     };
 }
+
+mod api_keys;
+mod connections;
+mod postgres;
+mod rows;
+mod sqlite;
+mod tokens;
 
 const SELECT_CONNECTION: &str = concat!(
     "SELECT ",
@@ -230,231 +226,5 @@ impl Store {
             .await
             .map(|done| done.rows_affected()))?;
         Ok(())
-    }
-
-    // ---- connections ----
-
-    /// Inserts a connection and, in the same transaction, the idempotency record that
-    /// names it. `Conflict` when that idempotency key is already taken.
-    pub async fn insert_connection(
-        &self,
-        row: &ConnectionRow,
-        idempotency: Option<&IdempotencyRecord>,
-    ) -> Result<(), StoreError> {
-        let insert = concat!(
-            "INSERT INTO connections (",
-            connection_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
-        );
-        let remember = "INSERT INTO idempotency_keys \
-            (api_key_id, key, request_hash, connection_id, response, created_at) \
-            VALUES ($1, $2, $3, $4, $5, $6)";
-        let columns = ConnectionColumns::from(row);
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            if let Some(record) = idempotency {
-                // A record past its 24 hours no longer holds the key.
-                sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 AND created_at < $3")
-                    .bind(record.api_key_id.as_uuid())
-                    .bind(&record.key)
-                    .bind(record.created_at - IdempotencyRecord::LIFETIME)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            bind_connection(sqlx::query(insert), columns).execute(&mut *tx).await?;
-            if let Some(record) = idempotency {
-                sqlx::query(remember)
-                    .bind(record.api_key_id.as_uuid())
-                    .bind(&record.key)
-                    .bind(&record.request_hash)
-                    .bind(record.connection_id.as_uuid())
-                    .bind(&record.response)
-                    .bind(record.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await
-        })?;
-        Ok(())
-    }
-
-    /// The create request remembered under `key` for this caller, if any and still fresh.
-    pub async fn find_idempotency(
-        &self,
-        api_key_id: ApiKeyId,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let sql = "SELECT api_key_id, key, request_hash, connection_id, response, created_at \
-                   FROM idempotency_keys WHERE api_key_id = $1 AND key = $2";
-        let row: Option<(Uuid, String, String, Uuid, String, DateTime<Utc>)> = on_pool!(self, pool =>
-            sqlx::query_as(sql).bind(api_key_id.as_uuid()).bind(key).fetch_optional(pool).await)?;
-        Ok(row
-            .map(IdempotencyRecord::from)
-            .filter(|record| record.is_fresh(crate::domain::now())))
-    }
-
-    pub async fn get_connection(&self, id: ConnectionId) -> Result<ConnectionRow, StoreError> {
-        let columns: ConnectionColumns = on_pool!(self, pool =>
-            sqlx::query_as(SELECT_CONNECTION).bind(id.as_uuid()).fetch_one(pool).await)?;
-        columns.try_into()
-    }
-
-    /// Up to `limit` connections in id (creation) order, after the filter's cursor.
-    pub async fn list_connections(
-        &self,
-        filter: &ConnectionFilter,
-        limit: u32,
-    ) -> Result<Vec<ConnectionRow>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            connection_columns!(),
-            " FROM connections \
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR region = $2) \
-               AND ($3 IS NULL OR environment = $3) AND ($4 IS NULL OR merchant_token = $4) \
-               AND ($5 IS NULL OR id > $5) \
-             ORDER BY id LIMIT $6"
-        );
-        let rows: Vec<ConnectionColumns> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(filter.status.map(ConnectionStatus::as_str))
-            .bind(filter.region.map(Region::as_str))
-            .bind(filter.environment.map(Environment::as_str))
-            .bind(filter.merchant_token.as_ref().map(MerchantToken::as_str))
-            .bind(filter.after.map(|id| id.as_uuid()))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await)?;
-        rows.into_iter().map(TryInto::try_into).collect()
-    }
-
-    /// Writes every column of `row` if the stored row is still at `row.version - 1`:
-    /// `Conflict` means someone else changed it since it was read. Every replica hears of
-    /// the change when it commits.
-    pub async fn update_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
-        let columns = ConnectionColumns::from(row);
-        let id = row.connection.id;
-        let updated = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if updated == 1 && self.backend() == Backend::Postgres {
-                notify_change!(&mut *tx, id);
-            }
-            tx.commit().await?;
-            updated
-        });
-        if updated == 1 {
-            return Ok(());
-        }
-        // Tell "gone" from "changed under us".
-        self.get_connection(id).await?;
-        Err(StoreError::Conflict)
-    }
-
-    /// Deletes the connection, with its secrets, its token and the idempotency records
-    /// that would replay its creation; every replica hears of it when it commits.
-    pub async fn delete_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
-        let deleted = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let deleted = sqlx::query("DELETE FROM connections WHERE id = $1")
-                .bind(id.as_uuid())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            sqlx::query("DELETE FROM idempotency_keys WHERE connection_id = $1")
-                .bind(id.as_uuid())
-                .execute(&mut *tx)
-                .await?;
-            if deleted == 1 && self.backend() == Backend::Postgres {
-                notify_change!(&mut *tx, id);
-            }
-            tx.commit().await?;
-            deleted
-        });
-        match deleted {
-            0 => Err(StoreError::NotFound),
-            _ => Ok(()),
-        }
-    }
-
-    // ---- API keys ----
-
-    pub async fn insert_api_key(&self, key: &ApiKey, hash: ApiKeyHash) -> Result<(), StoreError> {
-        self.write_api_key(key, hash, "").await
-    }
-
-    /// Makes sure a key with this hash exists and is not revoked (the bootstrap key).
-    pub async fn ensure_api_key(&self, key: &ApiKey, hash: ApiKeyHash) -> Result<(), StoreError> {
-        let upsert = "ON CONFLICT (hash) DO UPDATE SET revoked_at = NULL, scopes = excluded.scopes";
-        self.write_api_key(key, hash, upsert).await
-    }
-
-    async fn write_api_key(
-        &self,
-        key: &ApiKey,
-        hash: ApiKeyHash,
-        on_conflict: &str,
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO api_keys (id, name, hash, prefix, scopes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
-        );
-        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
-        on_pool!(self, pool => sqlx::query(&sql)
-            .bind(key.id.as_uuid())
-            .bind(key.name.as_str())
-            .bind(hash.to_base64())
-            .bind(&key.prefix)
-            .bind(Json(&scopes))
-            .bind(key.created_at)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-        Ok(())
-    }
-
-    /// Every key that is not revoked, with its hash: what the verifier keeps in memory.
-    pub async fn active_api_keys(&self) -> Result<Vec<(ApiKeyHash, ApiKey)>, StoreError> {
-        let sql = "SELECT id, name, hash, prefix, scopes, created_at FROM api_keys \
-                   WHERE revoked_at IS NULL ORDER BY id";
-        let rows: Vec<ApiKeyColumns> =
-            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
-        rows.into_iter()
-            .map(ApiKeyColumns::into_hashed_key)
-            .collect()
-    }
-
-    pub async fn find_active_api_key(
-        &self,
-        hash: ApiKeyHash,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        let sql = "SELECT id, name, hash, prefix, scopes, created_at FROM api_keys \
-                   WHERE hash = $1 AND revoked_at IS NULL";
-        let row: Option<ApiKeyColumns> = on_pool!(self, pool =>
-            sqlx::query_as(sql).bind(hash.to_base64()).fetch_optional(pool).await)?;
-        row.map(|columns| columns.into_hashed_key().map(|(_, key)| key))
-            .transpose()
-    }
-
-    pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
-        let sql = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
-        let revoked = on_pool!(self, pool => sqlx::query(sql)
-            .bind(id.as_uuid())
-            .bind(crate::domain::now())
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-        match revoked {
-            0 => Err(StoreError::NotFound),
-            _ => Ok(()),
-        }
-    }
-
-    pub async fn has_api_keys(&self) -> Result<bool, StoreError> {
-        let sql = "SELECT COUNT(*) FROM api_keys";
-        let (count,): (i64,) = on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await)?;
-        Ok(count > 0)
     }
 }
