@@ -107,3 +107,87 @@ impl Cache {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicI64;
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::amazon::endpoints::SpApiHosts;
+    use crate::domain::{AccessToken, Environment, MerchantToken, Region};
+
+    fn grant(last_used: i64) -> Arc<Grant> {
+        let now = now();
+        Arc::new(Grant {
+            token: AccessToken::new(
+                SecretString::from("Atza|t"),
+                now,
+                now + chrono::TimeDelta::hours(1),
+            ),
+            region: Region::Eu,
+            environment: Environment::Production,
+            merchant_token: MerchantToken::parse("A2EUQ1WTGCTBG2").unwrap(),
+            marketplace_ids: Vec::new(),
+            endpoint: SpApiHosts::default().endpoint(Region::Eu, Environment::Production),
+            last_used: AtomicI64::new(last_used),
+        })
+    }
+
+    #[test]
+    fn a_fetch_begun_before_an_invalidation_does_not_cache() {
+        let cache = Cache::default();
+        let (a, b) = (ConnectionId::generate(), ConnectionId::generate());
+        let stamp_a = cache.stamp(a);
+        let stamp_b = cache.stamp(b);
+        cache.invalidate(a);
+        cache.store(a, &grant(0), stamp_a);
+        cache.store(b, &grant(0), stamp_b);
+        assert!(cache.get(a).is_none(), "invalidated while fetching");
+        assert!(
+            cache.get(b).is_some(),
+            "another connection's invalidation does not matter"
+        );
+
+        let stamp_b = cache.stamp(b);
+        cache.invalidate_all();
+        cache.store(b, &grant(0), stamp_b);
+        assert!(cache.get(b).is_none());
+        cache.store(a, &grant(0), cache.stamp(a));
+        assert!(cache.get(a).is_some(), "a fetch begun after it caches");
+    }
+
+    #[test]
+    fn a_replacing_grant_keeps_the_last_use_and_remove_keeps_fetches_valid() {
+        let cache = Cache::default();
+        let id = ConnectionId::generate();
+        cache.store(id, &grant(1_000), cache.stamp(id));
+        let stamp = cache.stamp(id);
+        cache.remove(id);
+        cache.store(id, &grant(5_000), stamp);
+        assert_eq!(
+            cache.get(id).unwrap().last_used.load(Ordering::Relaxed),
+            5_000
+        );
+        cache.store(id, &grant(9_000), cache.stamp(id));
+        let refreshed = cache.get(id).unwrap();
+        assert_eq!(
+            refreshed.last_used.load(Ordering::Relaxed),
+            5_000,
+            "refreshing is not using"
+        );
+    }
+
+    #[test]
+    fn prune_forgets_old_invalidations_only() {
+        let cache = Cache::default();
+        let id = ConnectionId::generate();
+        cache.invalidate(id);
+        let stamp = cache.stamp(id);
+        cache.prune(now() - chrono::TimeDelta::minutes(5));
+        assert_eq!(cache.stamp(id), stamp);
+        cache.prune(now() + chrono::TimeDelta::seconds(1));
+        assert_ne!(cache.stamp(id), stamp);
+    }
+}
