@@ -6,7 +6,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{ADMIN_KEY, Backend, connection_body, invalid_fields, problem, spawn_app};
+use crate::helpers::{
+    ADMIN_KEY, Backend, connection_body, invalid_fields, not_found, problem, spawn_app,
+};
 
 both_backends!(
     missing_or_unknown_keys_are_401,
@@ -169,12 +171,7 @@ async fn invalid_key_requests_are_named(backend: Backend) {
         "/api-keys/not-an-id",
         &format!("/api-keys/{}", uuid::Uuid::now_v7()),
     ] {
-        problem(
-            app.delete(path, ADMIN_KEY).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        not_found(app.delete(path, ADMIN_KEY).await).await;
     }
 }
 

@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{
-    ADMIN_KEY, Backend, client_secret, connection_body, problem, refresh_token, spawn_app,
+    ADMIN_KEY, Backend, client_secret, connection_body, not_found, problem, refresh_token,
+    spawn_app,
 };
 
 both_backends!(
@@ -243,24 +244,9 @@ async fn delete_removes_the_connection(backend: Backend) {
     let path = format!("/connections/{}", created["id"].as_str().unwrap());
     let response = app.delete(&path, ADMIN_KEY).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    problem(
-        app.get(&path, ADMIN_KEY).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    problem(
-        app.delete(&path, ADMIN_KEY).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    problem(
-        app.patch(&path, ADMIN_KEY, &json!({"name": "x"})).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    not_found(app.get(&path, ADMIN_KEY).await).await;
+    not_found(app.delete(&path, ADMIN_KEY).await).await;
+    not_found(app.patch(&path, ADMIN_KEY, &json!({"name": "x"})).await).await;
     let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"], json!([]));
 }
@@ -272,25 +258,10 @@ async fn unknown_and_malformed_ids_are_404(backend: Backend) {
         "/connections/not-a-uuid".to_owned(),
         "/connections/%FF".to_owned(),
     ] {
-        problem(
-            app.get(&path, ADMIN_KEY).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
-        problem(
-            app.delete(&path, ADMIN_KEY).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        not_found(app.get(&path, ADMIN_KEY).await).await;
+        not_found(app.delete(&path, ADMIN_KEY).await).await;
     }
-    problem(
-        app.get("/nowhere", ADMIN_KEY).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    not_found(app.get("/nowhere", ADMIN_KEY).await).await;
     problem(
         app.request(reqwest::Method::PUT, "/connections", ADMIN_KEY, None)
             .await,

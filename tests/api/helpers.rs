@@ -367,6 +367,11 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
     body
 }
 
+/// Asserts a 404 `not_found` problem.
+pub async fn not_found(response: Response) {
+    problem(response, StatusCode::NOT_FOUND, "not_found").await;
+}
+
 /// The fields a 422 names, sorted.
 pub fn invalid_fields(problem: &Value) -> Vec<String> {
     let mut fields: Vec<String> = problem["errors"]

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::fake_amazon::{FakeLwa, LwaMode};
 use crate::helpers::{
-    ADMIN_KEY, Backend, TestApp, connection_body, invalid_fields, problem, refresh_token,
-    spawn_tuned, spawn_with_lwa,
+    ADMIN_KEY, Backend, TestApp, connection_body, invalid_fields, not_found, problem,
+    refresh_token, spawn_tuned, spawn_with_lwa,
 };
 
 both_backends!(
@@ -449,18 +449,8 @@ async fn new_credentials_and_delete_drop_the_cached_token(backend: Backend) {
 
     let deleted = app.delete(&format!("/connections/{id}"), ADMIN_KEY).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    problem(
-        token(&app, &id, "").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    problem(
-        authorize(&app, &id).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
+    not_found(token(&app, &id, "").await).await;
+    not_found(authorize(&app, &id).await).await;
 }
 
 async fn token_parameters_and_scopes_are_checked(backend: Backend) {
@@ -508,14 +498,12 @@ async fn token_parameters_and_scopes_are_checked(backend: Backend) {
             .status(),
         StatusCode::OK
     );
-    problem(
+    not_found(
         app.get(
             &format!("/connections/{}/token", uuid::Uuid::now_v7()),
             &worker,
         )
         .await,
-        StatusCode::NOT_FOUND,
-        "not_found",
     )
     .await;
     assert!(crate::logs::captured_len() > 0, "the log capture works");
