@@ -43,6 +43,12 @@ struct FakeState {
     issued: AtomicUsize,
     /// access token → the refresh token it was issued for.
     issued_for: Mutex<HashMap<String, String>>,
+    /// client secret → how many requests carried it.
+    client_secrets: Mutex<HashMap<String, usize>>,
+    /// Sent back as `refresh_token` instead of the one received (LWA rotating it).
+    rotated_refresh_token: Mutex<Option<String>>,
+    /// Tells this fake's access tokens apart from another fake's.
+    instance: String,
 }
 
 #[derive(Clone)]
@@ -53,7 +59,10 @@ pub struct FakeLwa {
 
 impl FakeLwa {
     pub async fn start() -> Self {
-        let state = Arc::new(FakeState::default());
+        let state = Arc::new(FakeState {
+            instance: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            ..FakeState::default()
+        });
         state.expires_in.store(3600, Ordering::SeqCst);
         let app = Router::new()
             .route("/auth/o2/token", post(token))
@@ -94,6 +103,23 @@ impl FakeLwa {
             .get(refresh_token)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Requests that carried this client secret.
+    pub fn calls_with_client_secret(&self, client_secret: &str) -> usize {
+        self.state
+            .client_secrets
+            .lock()
+            .unwrap()
+            .get(client_secret)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// From now on, successful answers carry this refresh token instead of echoing the
+    /// one received.
+    pub fn rotate_refresh_token(&self, new: &str) {
+        *self.state.rotated_refresh_token.lock().unwrap() = Some(crate::logs::secret(new));
     }
 
     /// The refresh token an access token was issued for.
@@ -138,6 +164,14 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
         .unwrap()
         .entry(refresh_token.clone())
         .or_default() += 1;
+    if let Some(client_secret) = params.get("client_secret") {
+        *state
+            .client_secrets
+            .lock()
+            .unwrap()
+            .entry(client_secret.clone())
+            .or_default() += 1;
+    }
 
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
@@ -160,7 +194,12 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
     match mode {
         LwaMode::Issue | LwaMode::IssueWithStringExpiry => {
             let n = state.issued.fetch_add(1, Ordering::SeqCst);
-            let access_token = format!("Atza|fake-access-token-{n:06}");
+            // About as long as Amazon's (~400 characters), unique to this fake and call.
+            let access_token = crate::logs::secret(format!(
+                "Atza|IwEBI{}-{n:06}-{}",
+                state.instance,
+                "x".repeat(370)
+            ));
             state
                 .issued_for
                 .lock()
@@ -172,6 +211,12 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
             } else {
                 json!(expires_in)
             };
+            let refresh_token = state
+                .rotated_refresh_token
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or(refresh_token);
             axum::Json(json!({
                 "access_token": access_token,
                 "refresh_token": refresh_token,

@@ -28,6 +28,33 @@ pub const MASTER_KEYS: &str = "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 pub const OTHER_MASTER_KEY: &str = "k1:ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 pub const ADMIN_KEY: &str = "crk_test-bootstrap-admin-key-0123456789";
 
+/// Runs one test body on a runtime of its own whose threads carry the test's name, so
+/// every log line its servers write can be told apart; once the runtime (servers
+/// included) has stopped, searches those lines for secrets.
+pub fn run(body: impl std::future::Future<Output = ()>) {
+    let test = std::thread::current()
+        .name()
+        .filter(|name| *name != "main")
+        .map_or_else(
+            || format!("unnamed-{}", uuid::Uuid::new_v4()),
+            str::to_owned,
+        );
+    crate::logs::capture();
+    for value in [ADMIN_KEY, MASTER_KEYS, OTHER_MASTER_KEY] {
+        crate::logs::secret(value);
+        crate::logs::secret(value.split_once(':').map_or(value, |(_, key)| key));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("{}{test}", crate::logs::TEST_THREAD_PREFIX))
+        .enable_all()
+        .build()
+        .expect("test runtime");
+    runtime.block_on(body);
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    crate::logs::assert_no_secrets(&test);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Postgres,
@@ -296,6 +323,11 @@ impl TestApp {
 
     /// Creates an API key with these scopes and returns its plaintext.
     pub async fn api_key(&self, scopes: &[&str]) -> String {
+        self.api_key_with_id(scopes).await.1
+    }
+
+    /// Creates an API key with these scopes and returns its id and plaintext.
+    pub async fn api_key_with_id(&self, scopes: &[&str]) -> (String, String) {
         let response = self
             .post(
                 "/api-keys",
@@ -305,7 +337,8 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.expect("JSON body");
-        body["api_key"].as_str().expect("api_key").to_owned()
+        let key = crate::logs::secret(body["api_key"].as_str().expect("api_key"));
+        (body["id"].as_str().expect("id").to_owned(), key)
     }
 }
 
@@ -313,9 +346,6 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-        if !std::thread::panicking() {
-            crate::logs::assert_no_secrets();
         }
     }
 }
@@ -335,12 +365,19 @@ pub fn connection_body(n: u32) -> Value {
     })
 }
 
+/// The `n`th client secret of the suite (registered as a secret for the log scan).
 pub fn client_secret(n: u32) -> String {
-    format!("amzn1.oa2-cs.v1.{:064x}", 0xc1_1e57_0000_u64 + u64::from(n))
+    crate::logs::secret(format!(
+        "amzn1.oa2-cs.v1.{:064x}",
+        0xc1_1e57_0000_u64 + u64::from(n)
+    ))
 }
 
+/// The `n`th refresh token of the suite (registered as a secret for the log scan).
 pub fn refresh_token(n: u32) -> String {
-    format!("Atzr|IwEBIPlaintextRefreshToken-{n:08}-do-not-store")
+    crate::logs::secret(format!(
+        "Atzr|IwEBIPlaintextRefreshToken-{n:08}-do-not-store"
+    ))
 }
 
 /// Asserts a problem+json response and returns its body.
@@ -384,20 +421,36 @@ pub fn invalid_fields(problem: &Value) -> Vec<String> {
     fields
 }
 
-/// Runs one async test body against Postgres and against SQLite.
+/// Runs each async test body (taking a `Backend`) against Postgres and against SQLite.
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name($crate::helpers::Backend::Postgres).await
+                #[test]
+                fn postgres() {
+                    $crate::helpers::run(super::$name($crate::helpers::Backend::Postgres))
                 }
 
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
+                #[test]
+                fn sqlite() {
+                    $crate::helpers::run(super::$name($crate::helpers::Backend::Sqlite))
+                }
+            }
+        )*
+    };
+}
+
+/// Runs each async test body (taking no argument) once: tests of one backend's
+/// behaviour (several replicas need Postgres) or of no backend at all.
+#[macro_export]
+macro_rules! single {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn run() {
+                    $crate::helpers::run(super::$name())
                 }
             }
         )*

@@ -1,19 +1,53 @@
-//! Every log line the suite's servers write is captured here, and checked after each test
-//! for anything that looks like a secret: no refresh token, access token, client secret or
-//! API key may ever reach a log.
+//! Every log line the suite's servers write is captured here, tagged with the test whose
+//! threads wrote it, and searched for every secret value the suite has used.
+//!
+//! The search looks for exact values, not prefixes: each client secret, refresh token,
+//! access token, API key and master key a test made or was issued is registered with
+//! `secret()`, and is looked for as sent, URL-encoded (as in a form body) and JSON-escaped.
+//! A few prefixes (`Atzr|`, `crk_`, …) are looked for as well, to catch values the suite
+//! did not register. `helpers::run` scans a test's lines after its runtime, and so its
+//! servers, have stopped: nothing logged during shutdown escapes the scan.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::{Mutex, Once};
 
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+use aho_corasick::AhoCorasick;
+
+/// A captured log line and the thread that wrote it.
+struct Line {
+    thread: String,
+    text: String,
+}
+
+static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+static SECRETS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Thread names of the test runtimes start with this (see `helpers::run`).
+pub const TEST_THREAD_PREFIX: &str = "test:";
+
+/// Prefixes only secrets carry, in the forms a log line could hold them.
+const SECRET_MARKERS: [&str; 8] = [
+    "Atzr|",
+    "Atza|",
+    "Atzr%7C",
+    "Atza%7C",
+    "amzn1.oa2-cs.v1.",
+    "crk_",
+    "-----BEGIN",
+    "REGISTRY_MASTER_KEYS=",
+];
 
 struct Capture;
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        let text = String::from_utf8_lossy(buf).into_owned();
+        lock(&LINES).push(Line { thread, text });
         Ok(buf.len())
     }
 
@@ -22,7 +56,11 @@ impl Write for Capture {
     }
 }
 
-/// Installs the capturing subscriber once, at debug level for the service.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Installs the capturing subscriber once, at trace level for the service.
 pub fn capture() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -37,22 +75,98 @@ pub fn capture() {
     });
 }
 
-/// Prefixes every secret in this suite starts with (Amazon's, and this service's keys).
-const SECRET_MARKERS: [&str; 4] = ["Atzr|", "Atza|", "amzn1.oa2-cs.v1.", "crk_"];
+/// Registers `value` as a secret that must never be logged, and returns it.
+pub fn secret(value: impl Into<String>) -> String {
+    let value = value.into();
+    lock(&SECRETS).insert(value.clone());
+    value
+}
 
-pub fn assert_no_secrets() {
-    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
-    let text = String::from_utf8_lossy(&logs);
-    for marker in SECRET_MARKERS {
-        if let Some(at) = text.find(marker) {
-            let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-            let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-            panic!("a secret reached the logs: {}", &text[start..end]);
+/// The forms a secret could take in a log line.
+fn forms(secret: &str) -> Vec<String> {
+    let json = serde_json::to_string(secret).expect("a string serializes");
+    let json = json[1..json.len() - 1].to_owned();
+    let upper = form_encode(secret, true);
+    let lower = form_encode(secret, false);
+    let mut forms = vec![secret.to_owned(), json, upper, lower];
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// `application/x-www-form-urlencoded`, with upper- or lower-case hex digits.
+fn form_encode(text: &str, upper: bool) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            other if upper => format!("%{other:02X}"),
+            other => format!("%{other:02x}"),
+        })
+        .collect()
+}
+
+/// Whether a line was written by `test`'s threads (or by no test's: a thread of a
+/// library, such as SQLite's workers, which any test may have caused).
+fn belongs_to(line: &Line, test: &str) -> bool {
+    line.thread == test
+        || line.thread.strip_prefix(TEST_THREAD_PREFIX) == Some(test)
+        || !(line.thread.starts_with(TEST_THREAD_PREFIX) || is_test_name(&line.thread))
+}
+
+/// libtest names a test's thread after the test path (`tokens::foo::postgres`).
+fn is_test_name(thread: &str) -> bool {
+    thread.contains("::")
+}
+
+/// Panics naming the test, the secret's kind of form and the line, if any line `test`'s
+/// servers wrote holds a registered secret or a secret prefix. Scanned lines are dropped.
+pub fn assert_no_secrets(test: &str) {
+    let mut patterns: Vec<String> = lock(&SECRETS).iter().flat_map(|s| forms(s)).collect();
+    patterns.extend(SECRET_MARKERS.iter().map(|m| (*m).to_owned()));
+    patterns.sort();
+    patterns.dedup();
+    let matcher = AhoCorasick::new(&patterns).expect("patterns build");
+    let mine: Vec<Line> = {
+        let mut lines = lock(&LINES);
+        let (mine, others) = std::mem::take(&mut *lines)
+            .into_iter()
+            .partition(|line| belongs_to(line, test));
+        *lines = others;
+        mine
+    };
+    for line in &mine {
+        if let Some(found) = matcher.find(&line.text) {
+            panic!(
+                "a secret ({}…) reached the logs of test `{test}` (thread `{}`): {}",
+                &patterns[found.pattern().as_usize()]
+                    .chars()
+                    .take(6)
+                    .collect::<String>(),
+                line.thread,
+                line.text.trim_end()
+            );
         }
     }
 }
 
-/// How many bytes were captured: proves the capture works.
+/// How many bytes are captured and not yet scanned: proves the capture works.
 pub fn captured_len() -> usize {
-    LOGS.lock().unwrap_or_else(|p| p.into_inner()).len()
+    lock(&LINES).iter().map(|line| line.text.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_cover_plain_url_and_json_encoding() {
+        let forms = forms("Atzr|a/b\"c");
+        assert!(forms.contains(&"Atzr|a/b\"c".to_owned()));
+        assert!(forms.contains(&"Atzr|a/b\\\"c".to_owned()));
+        assert!(forms.contains(&"Atzr%7Ca%2Fb%22c".to_owned()));
+        assert!(forms.contains(&"Atzr%7ca%2fb%22c".to_owned()));
+    }
 }

@@ -8,6 +8,7 @@ mod proxy;
 
 mod api_keys;
 mod connections;
+mod scopes;
 mod secrets;
 mod startup;
 mod storage;

@@ -7,6 +7,12 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+crate::single!(
+    bad_settings_stop_start_up_with_one_line_naming_the_setting,
+    embedded_default_creates_its_data_directory_key_and_first_admin_key,
+    openapi_document_is_served,
+);
+
 const BINARY: &str = env!("CARGO_BIN_EXE_connection-registry");
 
 /// Runs the binary with only the given environment; returns its exit status and stderr.
@@ -29,7 +35,6 @@ async fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (boo
     )
 }
 
-#[tokio::test]
 async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&[(&str, &str)], &str); 5] = [
@@ -77,7 +82,6 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
     );
 }
 
-#[tokio::test]
 async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(BINARY)
@@ -145,7 +149,6 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
     assert!(status.success(), "exits cleanly on SIGTERM: {status}");
 }
 
-#[tokio::test]
 async fn openapi_document_is_served() {
     let app = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
     let response = app

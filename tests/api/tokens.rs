@@ -14,6 +14,13 @@ use crate::helpers::{
     refresh_token, spawn_tuned, spawn_with_lwa,
 };
 
+crate::single!(
+    two_replicas_share_one_lwa_call,
+    a_change_on_one_replica_reaches_the_others_at_once,
+    cached_tokens_are_served_while_the_database_is_down,
+    shutdown_lets_in_flight_requests_finish,
+);
+
 both_backends!(
     authorize_exchanges_the_refresh_token_and_caches_the_token,
     token_response_tells_the_worker_where_to_go,
@@ -531,7 +538,6 @@ async fn token_parameters_and_scopes_are_checked(backend: Backend) {
 /// Tunes nothing; named for the replica tests below.
 fn as_is(_: &mut Config) {}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_lwa_call() {
     let fake = FakeLwa::start().await;
     fake.set_delay(Duration::from_millis(300));
@@ -547,7 +553,6 @@ async fn two_replicas_share_one_lwa_call() {
     assert_eq!(fake.calls(), 1, "two replicas, one LWA call");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_replica_reaches_the_others_at_once() {
     let fake = FakeLwa::start().await;
     let a = spawn_with_lwa(Backend::Postgres, &fake).await;
@@ -585,7 +590,6 @@ async fn a_change_on_one_replica_reaches_the_others_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_tokens_are_served_while_the_database_is_down() {
     let fake = FakeLwa::start().await;
     let db = crate::helpers::TestDb::new(Backend::Postgres).await;
@@ -656,7 +660,6 @@ async fn cached_tokens_are_served_while_the_database_is_down() {
     assert_eq!(app.get(&path, &worker).await.status(), StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish() {
     let fake = FakeLwa::start().await;
     fake.set_delay(Duration::from_millis(800));
