@@ -29,6 +29,8 @@ pub struct AppState {
     pub api_keys: ApiKeyVerifier,
     pub tokens: TokenService,
     pub metrics: PrometheusHandle,
+    /// The longest a request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 pub struct Application {
@@ -77,6 +79,7 @@ impl Application {
             tokens,
             store,
             metrics: crate::metrics::handle(),
+            request_timeout: config.request_timeout,
         };
         Ok(Self { listener, state })
     }

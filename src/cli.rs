@@ -59,6 +59,15 @@ pub struct Settings {
     #[arg(long = "spapi-url", env = "REGISTRY_SPAPI_URL", global = true)]
     pub spapi_url: Option<String>,
 
+    /// Seconds a request may take before it is answered 503 `request_timeout` (1–600).
+    #[arg(
+        long,
+        env = "REGISTRY_REQUEST_TIMEOUT",
+        default_value = "60",
+        global = true
+    )]
+    pub request_timeout: String,
+
     /// Log format [default: pretty on a terminal, else json]. The filter is RUST_LOG.
     #[arg(long, env = "REGISTRY_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::ExposeSecret;
@@ -42,6 +43,9 @@ const MASTER_KEYS: &str = "REGISTRY_MASTER_KEYS (--master-keys)";
 const BOOTSTRAP_ADMIN_KEY: &str = "REGISTRY_BOOTSTRAP_ADMIN_KEY (--bootstrap-admin-key)";
 const LWA_TOKEN_URL: &str = "REGISTRY_LWA_TOKEN_URL (--lwa-token-url)";
 const SPAPI_URL: &str = "REGISTRY_SPAPI_URL (--spapi-url)";
+const REQUEST_TIMEOUT: &str = "REGISTRY_REQUEST_TIMEOUT (--request-timeout)";
+/// Bounds of `REGISTRY_REQUEST_TIMEOUT`, in seconds.
+const REQUEST_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=600;
 
 #[derive(Clone)]
 pub enum DatabaseUrl {
@@ -107,6 +111,8 @@ pub struct Config {
     pub bootstrap_admin_key: Option<ApiKeyToken>,
     pub lwa_token_url: Url,
     pub spapi_url: Option<Url>,
+    /// The longest a request may take; answered 503 `request_timeout` after it.
+    pub request_timeout: Duration,
     /// Timeouts and retries of the LWA exchange (not settable from outside; tests tune it).
     pub lwa: LwaSettings,
     /// Refresh-ahead pacing (likewise).
@@ -150,6 +156,7 @@ impl Config {
                 ApiKeyToken::parse(key).map_err(|err| ConfigError::new(BOOTSTRAP_ADMIN_KEY, err.0))
             })
             .transpose()?;
+        let request_timeout = parse_request_timeout(&settings.request_timeout)?;
         Ok(Self {
             database_url,
             listen,
@@ -161,8 +168,9 @@ impl Config {
                 .as_deref()
                 .map(|url| parse_http_url(SPAPI_URL, url))
                 .transpose()?,
+            request_timeout,
             lwa: LwaSettings::default(),
-            tokens: TokenSettings::default(),
+            tokens: TokenSettings::default().within_request_timeout(request_timeout),
         })
     }
 
@@ -177,6 +185,25 @@ impl Config {
         };
         load_or_generate_local_key(&dir.join("master.key"))
     }
+}
+
+fn parse_request_timeout(input: &str) -> Result<Duration, ConfigError> {
+    input
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|secs| REQUEST_TIMEOUT_SECS.contains(secs))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ConfigError::new(
+                REQUEST_TIMEOUT,
+                format!(
+                    "`{input}` is not a number of seconds from {} to {}",
+                    REQUEST_TIMEOUT_SECS.start(),
+                    REQUEST_TIMEOUT_SECS.end()
+                ),
+            )
+        })
 }
 
 fn parse_http_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
@@ -266,6 +293,26 @@ mod tests {
         assert!(err.to_string().starts_with("REGISTRY_LWA_TOKEN_URL"));
         let err = config(&["--bootstrap-admin-key", "short"]).unwrap_err();
         assert!(err.to_string().starts_with("REGISTRY_BOOTSTRAP_ADMIN_KEY"));
+        for bad in ["0", "601", "1.5", "60s", ""] {
+            let err = config(&["--request-timeout", bad]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "REGISTRY_REQUEST_TIMEOUT (--request-timeout): `{bad}` is not a number of \
+                     seconds from 1 to 600"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn the_request_timeout_bounds_the_token_lock_wait() {
+        let default = config(&[]).unwrap();
+        assert_eq!(default.request_timeout, Duration::from_secs(60));
+        assert_eq!(default.tokens.lock_wait, Duration::from_secs(45));
+        let short = config(&["--request-timeout", "8"]).unwrap();
+        assert_eq!(short.request_timeout, Duration::from_secs(8));
+        assert_eq!(short.tokens.lock_wait, Duration::from_secs(6));
     }
 
     #[test]

@@ -6,8 +6,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+/// Without `RUST_LOG`. Postgres's notices (`relation "_sqlx_migrations" already exists,
+/// skipping` at every start) are not worth a line, and would otherwise precede a
+/// subcommand's own output on stdout (`api-keys create` prints the key alone there).
+const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 pub fn init(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Pretty
     } else {

@@ -23,11 +23,11 @@ pub use error::ApiError;
 pub use extract::BODY_LIMIT;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// No request may hold a connection longer than this; above the longest LWA exchange
-/// (three attempts with their timeouts and backoff).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn router(state: AppState) -> Router {
+    // No request may hold a connection longer than this; by default above the longest
+    // LWA exchange (three attempts with their timeouts and backoff).
+    let request_timeout = state.request_timeout;
     Router::new()
         .merge(health::router())
         .merge(connections::router())
@@ -40,7 +40,9 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            time_limit(request_timeout, request, next)
+        }))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
                 let request_id = request
@@ -66,12 +68,13 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-/// Answers `request_timeout` (503, problem+json) when a request outlives `REQUEST_TIMEOUT`.
+/// Answers `request_timeout` (503, problem+json) when a request outlives `limit`.
 async fn time_limit(
+    limit: Duration,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     }

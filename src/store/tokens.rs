@@ -11,10 +11,6 @@ use super::rows::{ConnectionColumns, bind_connection};
 use super::{CHANGES_CHANNEL, Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION};
 use crate::domain::ConnectionId;
 
-/// Longest a replica waits for another one's LWA exchange of the same connection; below
-/// the request time limit, so the caller hears why.
-const LOCK_TIMEOUT: &str = "45s";
-
 /// The right to exchange one connection's refresh token. On Postgres it is a transaction
 /// holding an advisory lock, so replicas take turns and the later ones find the earlier
 /// one's token; on SQLite (one process) the in-process single flight already serializes.
@@ -44,14 +40,23 @@ macro_rules! on_lock {
 }
 
 impl Store {
-    /// Waits until no other replica is exchanging this connection's token.
-    pub async fn lock_for_token(&self, id: ConnectionId) -> Result<TokenLock, StoreError> {
+    /// Waits until no other replica is exchanging this connection's token; `Busy` after
+    /// `wait`.
+    pub async fn lock_for_token(
+        &self,
+        id: ConnectionId,
+        wait: Duration,
+    ) -> Result<TokenLock, StoreError> {
         let conn = match &self.pool {
             Pool::Postgres(pool) => {
                 let mut tx = self.token_locks.as_ref().unwrap_or(pool).begin().await?;
-                sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-                    .execute(&mut *tx)
-                    .await?;
+                // Whole milliseconds: SET takes no bind parameters.
+                sqlx::query(&format!(
+                    "SET LOCAL lock_timeout = {}",
+                    wait.as_millis().max(1)
+                ))
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(advisory_key(id))
                     .execute(&mut *tx)

@@ -126,7 +126,10 @@ async fn fetch(
     if let Some(grant) = settle_without_lwa(service, &row, need, now)? {
         return Ok(grant);
     }
-    let mut lock = inner.store.lock_for_token(id).await?;
+    let mut lock = inner
+        .store
+        .lock_for_token(id, inner.settings.lock_wait)
+        .await?;
     // Another replica may have fetched while we waited for the lock.
     let mut row = lock.read(id).await?;
     match settle_without_lwa(service, &row, need, now) {

@@ -17,6 +17,18 @@ pub struct TokenSettings {
     /// `force_refresh` keeps a token fetched this recently (many workers reporting one bad
     /// token cause one LWA call).
     pub force_refresh_min_age: TimeDelta,
+    /// Longest a fetch waits for another replica's LWA exchange of the same connection
+    /// before answering `token_fetch_in_progress`; below the request time limit, so the
+    /// caller hears why.
+    pub lock_wait: Duration,
+}
+
+impl TokenSettings {
+    /// Keeps `lock_wait` within three quarters of the request time limit.
+    pub fn within_request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.lock_wait = self.lock_wait.min(request_timeout * 3 / 4);
+        self
+    }
 }
 
 impl Default for TokenSettings {
@@ -28,6 +40,7 @@ impl Default for TokenSettings {
             refresh_spacing: Duration::from_millis(50),
             idle_after: TimeDelta::minutes(15),
             force_refresh_min_age: TimeDelta::seconds(5),
+            lock_wait: Duration::from_secs(45),
         }
     }
 }

@@ -21,6 +21,8 @@ both_backends!(
     unknown_and_malformed_ids_are_404,
     idempotency_key_replays_the_first_result,
     concurrent_requests_with_one_idempotency_key_create_one_connection,
+    idempotency_records_expire_after_24_hours,
+    idempotency_keys_are_validated_and_a_bad_one_stores_nothing,
 );
 
 fn timestamp(value: &Value) -> DateTime<Utc> {
@@ -148,7 +150,8 @@ async fn patch_changes_fields_and_keeps_the_rest(backend: Backend) {
     assert_eq!(patched["client_secret_expires_at_estimated"], false);
     assert_eq!(patched["region"], created["region"]);
     assert_eq!(patched["client_secret_hint"], created["client_secret_hint"]);
-    assert!(timestamp(&patched["updated_at"]) >= timestamp(&created["updated_at"]));
+    assert!(timestamp(&patched["updated_at"]) > timestamp(&created["updated_at"]));
+    assert_eq!(patched["created_at"], created["created_at"]);
 
     // null clears what may be cleared, and returns the expiry to the estimate.
     let cleared: Value = app
@@ -352,4 +355,87 @@ async fn concurrent_requests_with_one_idempotency_key_create_one_connection(back
     );
     let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+}
+
+/// Catches: records kept (or dropped) on the wrong side of their 24 hours.
+async fn idempotency_records_expire_after_24_hours(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let send = |body: Value| {
+        let request = app
+            .client
+            .post(app.url("/connections"))
+            .bearer_auth(ADMIN_KEY)
+            .header("Idempotency-Key", "order-1")
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let first: Value = send(connection_body(1)).await.json().await.unwrap();
+    let backdate = |by: Duration| {
+        app.db.execute_at(
+            "UPDATE idempotency_keys SET created_at = $1",
+            timestamp(&first["created_at"]) - by,
+        )
+    };
+
+    // Just inside 24 hours: still the first answer, and still refusing another body.
+    backdate(Duration::hours(24) - Duration::minutes(1)).await;
+    let replay: Value = send(connection_body(1)).await.json().await.unwrap();
+    assert_eq!(replay["id"], first["id"]);
+    problem(
+        send(connection_body(2)).await,
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    // Past 24 hours the key is free: the same request creates anew.
+    backdate(Duration::hours(24) + Duration::seconds(1)).await;
+    let response = send(connection_body(1)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let second: Value = response.json().await.unwrap();
+    assert_ne!(second["id"], first["id"]);
+    // ... and from then on it answers with the new connection.
+    let replay: Value = send(connection_body(1)).await.json().await.unwrap();
+    assert_eq!(replay["id"], second["id"]);
+    let list: Value = app.get_json("/connections").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+}
+
+/// Catches: an empty, overlong or non-text `Idempotency-Key` accepted (or an acceptable
+/// one refused).
+async fn idempotency_keys_are_validated_and_a_bad_one_stores_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let send = |key: reqwest::header::HeaderValue| {
+        let request = app
+            .client
+            .post(app.url("/connections"))
+            .bearer_auth(ADMIN_KEY)
+            .header("Idempotency-Key", key)
+            .json(&connection_body(1));
+        async move { request.send().await.unwrap() }
+    };
+    let bad = [
+        reqwest::header::HeaderValue::from_static(""),
+        reqwest::header::HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+    ];
+    for key in bad {
+        let body = problem(
+            send(key.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "Idempotency-Key", "{key:?}");
+        assert_eq!(body["errors"].as_array().unwrap().len(), 1);
+    }
+    let list: Value = app.get_json("/connections").await;
+    assert_eq!(list["items"], json!([]), "a refused request stored nothing");
+
+    let longest = reqwest::header::HeaderValue::from_str(&"k".repeat(255)).unwrap();
+    let first = send(longest.clone()).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again: Value = send(longest).await.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
 }

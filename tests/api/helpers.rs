@@ -109,6 +109,22 @@ impl TestDb {
         self.sqlite_dir.as_ref().map(|dir| dir.path().to_path_buf())
     }
 
+    /// Runs `sql` with one timestamp parameter `$1` directly on the database: for what
+    /// only time would do (backdating a record).
+    pub async fn execute_at(&self, sql: &str, at: chrono::DateTime<chrono::Utc>) {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).bind(at).execute(&mut conn).await.unwrap();
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).bind(at).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
     /// A direct handle on the database, for what the API cannot show.
     pub async fn store(&self) -> Store {
         Store::open(&self.url).await.expect("open test database")
@@ -156,6 +172,7 @@ pub fn settings(db: &TestDb, master_keys: Option<&str>) -> Settings {
         lwa_token_url: "http://127.0.0.1:9/auth/o2/token".into(),
         spapi_url: None,
         log_format: None,
+        request_timeout: "60".into(),
     }
 }
 
@@ -192,6 +209,37 @@ pub async fn spawn_tuned(
     TestApp::start_tuned(db, settings, tune)
         .await
         .expect("app starts")
+}
+
+/// The Postgres server's address, for a proxy in front of it.
+pub fn postgres_addr() -> SocketAddr {
+    let url = reqwest::Url::parse(&postgres_admin_url()).expect("TEST_POSTGRES_URL is a URL");
+    let host = url.host_str().expect("a host");
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", url.port().unwrap_or(5432))
+        .parse()
+        .expect("TEST_POSTGRES_URL names an IP address")
+}
+
+/// An app on a Postgres database of its own that it reaches through `TcpProxy`, so the
+/// test can cut the database off (or count what the app sends it).
+pub async fn spawn_behind_proxy(
+    fake: &FakeLwa,
+    tune: impl FnOnce(&mut Config),
+) -> (TestApp, crate::proxy::TcpProxy) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let proxy = crate::proxy::TcpProxy::start(postgres_addr()).await;
+    let mut settings = settings(&db, Some(MASTER_KEYS));
+    settings.database_url = Some(db.url_via(proxy.addr));
+    settings.lwa_token_url = fake.token_url.clone();
+    let app = TestApp::start_tuned(db, settings, tune)
+        .await
+        .expect("app starts");
+    (app, proxy)
 }
 
 /// Test pace: LWA retries in milliseconds, so failure tests stay quick.

@@ -8,9 +8,12 @@ mod proxy;
 
 mod api_keys;
 mod connections;
+mod operators;
 mod scopes;
 mod secrets;
 mod startup;
 mod storage;
+mod token_cache;
+mod token_failures;
 mod tokens;
 mod validation;

@@ -1,16 +1,19 @@
 //! A TCP proxy in front of Postgres that a test can cut, to make the database unreachable
-//! for one app without stopping the server every other test uses.
+//! for one app without stopping the server every other test uses. It counts the bytes the
+//! app sends, so a test can tell whether something queried the database.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -20,20 +23,18 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let sent = Arc::new(AtomicU64::new(0));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let up = up.clone();
+            let sent = sent.clone();
             let links = links.clone();
             async move {
-                while let Ok((mut client, _)) = listener.accept().await {
+                while let Ok((client, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
                         continue; // dropped: the connection is refused at once
                     }
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
+                    let link = tokio::spawn(relay(client, target, sent.clone()));
                     links.lock().unwrap().push(link);
                 }
             }
@@ -41,6 +42,7 @@ impl TcpProxy {
         Self {
             addr,
             up,
+            sent,
             links,
             accept,
         }
@@ -56,6 +58,34 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Bytes the app has sent to the database so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies both ways until either side closes, counting what the client sends.
+async fn relay(client: TcpStream, target: SocketAddr, sent: Arc<AtomicU64>) {
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+            sent.fetch_add(n as u64, Ordering::SeqCst);
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }
 

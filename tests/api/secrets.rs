@@ -1,16 +1,15 @@
 //! Secrets at rest: nothing in plaintext in a dump, ciphertexts bound to their row and
 //! field, and start-up refusing a wrong or missing master key.
 
-use connection_registry::crypto::{Field, Keyring};
 use connection_registry::domain::ConnectionId;
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::both_backends;
+use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
     ADMIN_KEY, Backend, MASTER_KEYS, OTHER_MASTER_KEY, TestApp, TestDb, client_secret,
-    connection_body, refresh_token, spawn_app,
+    connection_body, problem, refresh_token, spawn_app, spawn_with_lwa,
 };
 
 both_backends!(
@@ -50,10 +49,25 @@ async fn database_contents(db: &TestDb) -> String {
 }
 
 async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
     let writer = app.api_key(&["connections:write"]).await;
     let created = app.create_connection(&connection_body(1)).await;
     let path = format!("/connections/{}", created["id"].as_str().unwrap());
+    // A token fetch stores the access token, and the refresh token LWA rotated to.
+    let rotated = "Atzr|IwEBIRotatedInTheDumpTest-0001-do-not-store";
+    fake.rotate_refresh_token(rotated);
+    let authorized = app
+        .post(&format!("{path}/authorize"), &writer, &json!({}))
+        .await;
+    assert_eq!(authorized.status(), StatusCode::OK);
+    let token: Value = app
+        .get(&format!("{path}/token"), ADMIN_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access_token = token["access_token"].as_str().unwrap().to_owned();
     let patched = app
         .patch(
             &path,
@@ -83,6 +97,9 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
         "Atzr|".to_owned(),
         ADMIN_KEY.to_owned(),
         writer,
+        access_token,
+        rotated.to_owned(),
+        "Atza|".to_owned(),
         MASTER_KEYS.split_once(':').unwrap().1.to_owned(),
     ];
     for secret in secrets {
@@ -93,53 +110,48 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
     }
 }
 
+/// Catches: a ciphertext opened without its row and field bound in (a copied secret
+/// would be sent to Amazon under another connection). Seen through the service: what
+/// the fake LWA receives.
 async fn ciphertext_moved_to_another_row_or_field_does_not_decrypt(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
     let a = app.create_connection(&connection_body(1)).await;
     let b = app.create_connection(&connection_body(2)).await;
     let id = |c: &Value| ConnectionId::parse(c["id"].as_str().unwrap()).unwrap();
+    let authorize = |c: &Value| {
+        let path = format!("/connections/{}/authorize", id(c));
+        let app = &app;
+        async move { app.post(&path, ADMIN_KEY, &json!({})).await }
+    };
+    // In place, the sealed secrets open to what was stored.
+    assert_eq!(authorize(&a).await.status(), StatusCode::OK);
+    assert_eq!(fake.calls_with_client_secret(&client_secret(1)), 1);
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+
+    // A's client secret copied into B's row, and A's refresh token into A's secret field:
+    // neither opens, and nothing reaches LWA.
     let store = app.db.store().await;
     let row_a = store.get_connection(id(&a)).await.unwrap();
-    let keyring = Keyring::parse(MASTER_KEYS).unwrap();
-    let owner_a = id(&a).to_string();
-    let owner_b = id(&b).to_string();
-
-    let opened = keyring
-        .open(&owner_a, Field::ClientSecret, &row_a.client_secret)
-        .unwrap();
-    assert_eq!(opened.expose_secret(), client_secret(1));
-    assert!(
-        keyring
-            .open(&owner_b, Field::ClientSecret, &row_a.client_secret)
-            .is_err()
-    );
-    assert!(
-        keyring
-            .open(&owner_a, Field::RefreshToken, &row_a.client_secret)
-            .is_err()
-    );
-    assert!(
-        keyring
-            .open(&owner_a, Field::ClientSecret, &row_a.refresh_token)
-            .is_err()
-    );
-
-    // Copied into B's row through the database, A's secret makes B's row unusable rather
-    // than leaking A's secret: the service refuses to open it.
     let mut row_b = store.get_connection(id(&b)).await.unwrap();
     row_b.client_secret = row_a.client_secret.clone();
     row_b.version += 1;
     store.update_connection(&row_b).await.unwrap();
-    let response = app
-        .patch(
-            &format!("/connections/{}", id(&b)),
-            ADMIN_KEY,
-            &json!({"client_secret": client_secret(9)}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body = response.text().await.unwrap();
-    assert!(!body.contains(&client_secret(1)));
+    let mut swapped = row_a.clone();
+    swapped.client_secret = row_a.refresh_token.clone();
+    swapped.access_token = None;
+    swapped.version += 1;
+    store.update_connection(&swapped).await.unwrap();
+
+    for connection in [&b, &a] {
+        let response = authorize(connection).await;
+        let body = problem(response, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+        assert_eq!(body["detail"], "internal error");
+    }
+    assert_eq!(fake.calls(), 1, "nothing was sent to LWA");
+    assert_eq!(fake.calls_with_client_secret(&client_secret(1)), 1);
+    let b_now: Value = app.get_json(&format!("/connections/{}", id(&b))).await;
+    assert_eq!(b_now["status"], "pending");
 }
 
 async fn restart_with_the_same_key_reads_everything_back(backend: Backend) {
@@ -206,7 +218,8 @@ async fn restart_with_a_wrong_or_missing_key_fails_clearly(backend: Backend) {
 }
 
 async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
     let created = app.create_connection(&connection_body(1)).await;
     let id = ConnectionId::parse(created["id"].as_str().unwrap()).unwrap();
     let db = app.stop().await;
@@ -216,7 +229,9 @@ async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
         "k2:{},{MASTER_KEYS}",
         OTHER_MASTER_KEY.split_once(':').unwrap().1
     );
-    let app = TestApp::start(db, Some(&both))
+    let mut settings = crate::helpers::settings(&db, Some(&both));
+    settings.lwa_token_url = fake.token_url.clone();
+    let app = TestApp::start_with(db, settings)
         .await
         .expect("starts with two keys");
     let created_2 = app.create_connection(&connection_body(2)).await;
@@ -226,9 +241,17 @@ async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
     let new_id = ConnectionId::parse(created_2["id"].as_str().unwrap()).unwrap();
     let new = store.get_connection(new_id).await.unwrap();
     assert_eq!(new.client_secret.key_id(), Some("k2"));
-    let keyring = Keyring::parse(&both).unwrap();
-    let opened = keyring
-        .open(&id.to_string(), Field::RefreshToken, &old.refresh_token)
-        .unwrap();
-    assert_eq!(opened.expose_secret(), refresh_token(1));
+    // Both open, through the service: LWA receives each connection's own secrets.
+    for (n, id) in [(1, id), (2, new_id)] {
+        let response = app
+            .post(
+                &format!("/connections/{id}/authorize"),
+                ADMIN_KEY,
+                &json!({}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "connection {n}");
+        assert_eq!(fake.calls_for(&refresh_token(n)), 1);
+        assert_eq!(fake.calls_with_client_secret(&client_secret(n)), 1);
+    }
 }

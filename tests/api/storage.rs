@@ -14,6 +14,7 @@ both_backends!(
     list_filters_combine_with_the_cursor,
     readiness_reflects_the_database,
 );
+crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
 
 async fn a_stale_update_is_a_conflict_and_a_missing_row_not_found(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -120,13 +121,39 @@ async fn list_filters_combine_with_the_cursor(backend: Backend) {
 
 async fn readiness_reflects_the_database(backend: Backend) {
     let app = spawn_app(backend).await;
-    let store = app.db.store().await;
-    store.ping().await.unwrap();
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
-    store.close().await;
-    assert!(
-        store.ping().await.is_err(),
-        "a closed store does not answer"
-    );
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ready"}));
+}
+
+/// Catches: a `/readyz` that answers without asking the database.
+async fn readiness_fails_while_the_database_is_away_and_recovers() {
+    let fake = crate::fake_amazon::FakeLwa::start().await;
+    let (app, proxy) = crate::helpers::spawn_behind_proxy(&fake, |_| {}).await;
+    let readyz = || app.client.get(app.url("/readyz")).send();
+    assert_eq!(readyz().await.unwrap().status(), reqwest::StatusCode::OK);
+
+    proxy.cut();
+    let response = readyz().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "5");
+    crate::helpers::problem(
+        response,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    // Alive all the same.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while readyz().await.unwrap().status() != reqwest::StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz did not recover"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

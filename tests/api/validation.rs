@@ -165,14 +165,25 @@ async fn malformed_oversized_and_mistyped_bodies_are_refused(backend: Backend) {
         "unsupported_media_type",
     )
     .await;
-    let mut huge = connection_body(1);
-    huge["name"] = json!("x".repeat(100 * 1024));
-    problem(
-        post_raw(huge.to_string().into_bytes(), "application/json").await,
+    // The limit's edge: a body of exactly 64 KiB (padded with JSON whitespace) is read,
+    // one byte more is refused before it is parsed.
+    let padded = |len: usize| {
+        let mut body = connection_body(1).to_string().into_bytes();
+        body.resize(len, b' ');
+        body
+    };
+    let body = problem(
+        post_raw(padded(64 * 1024 + 1), "application/json").await,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
     )
     .await;
+    assert_eq!(body["detail"], "request body is larger than 65536 bytes");
+    assert_nothing_stored(&app).await;
+    let at_limit = post_raw(padded(64 * 1024), "application/json").await;
+    assert_eq!(at_limit.status(), StatusCode::CREATED);
+    let list: Value = app.get_json("/connections").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // A charset parameter is still JSON.
     let ok = post_raw(
         connection_body(1).to_string().into_bytes(),
@@ -181,7 +192,7 @@ async fn malformed_oversized_and_mistyped_bodies_are_refused(backend: Backend) {
     .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
     let list: Value = app.get_json("/connections").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
 }
 
 async fn invalid_patch_names_fields_and_changes_nothing(backend: Backend) {

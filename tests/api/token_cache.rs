@@ -1,0 +1,336 @@
+//! The token cache's own rules, each tested where it decides: refresh ahead (and only
+//! ahead), the cost of a refresher tick, invalidation while a fetch is under way, the
+//! change listener's reconnect, and a refresh token that LWA rotates.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::fake_amazon::FakeLwa;
+use crate::helpers::{
+    ADMIN_KEY, Backend, TestApp, TestDb, problem, refresh_token, spawn_behind_proxy, spawn_tuned,
+};
+use crate::tokens::{connection, patch_ok, token, token_ok};
+use crate::{both_backends, single};
+
+both_backends!(
+    a_token_inside_the_refresh_window_is_refreshed_once,
+    a_patch_during_a_fetch_is_retried_from_the_new_credentials,
+    two_patches_during_a_fetch_are_a_concurrent_update,
+    a_refresh_token_rotated_by_lwa_is_used_from_then_on,
+);
+single!(
+    a_tick_reads_nothing_for_tokens_not_due,
+    a_fetch_overtaken_by_a_change_does_not_cache_its_token,
+    requests_after_a_change_do_not_join_the_fetch_begun_before_it,
+    a_listener_reconnect_drops_every_cached_token,
+);
+
+const CACHE_HIT: &str = "connection-registry; hit";
+const CACHE_MISS: &str = "connection-registry; fwd=miss";
+
+/// Waits, bounded, until the fake LWA has received `n` calls.
+async fn lwa_calls_reach(fake: &FakeLwa, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.calls() < n {
+        assert!(Instant::now() < deadline, "LWA never got call {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// LWA calls may take seconds (the suite's default gives up after one).
+pub(crate) fn patient_lwa(config: &mut connection_registry::config::Config) {
+    config.lwa.request_timeout = Duration::from_secs(10);
+}
+
+/// Another replica announcing that connection `id` changed (what every committed
+/// connection write sends on Postgres).
+async fn announce_change(db: &TestDb, id: &str) {
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_notify('connection_registry_changes', $1)")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Catches: the refresh-ahead comparison inverted (tokens inside the window are skipped).
+async fn a_token_inside_the_refresh_window_is_refreshed_once(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    // Realistic sizes: a 5-minute window, and a first token already inside it.
+    fake.set_expires_in(200);
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.refresh_ahead = chrono::TimeDelta::minutes(5);
+        config.tokens.refresh_tick = Duration::from_millis(200);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    let (first, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_MISS);
+    assert!(first["expires_in"].as_i64().unwrap() <= 200);
+    fake.set_expires_in(3600);
+
+    lwa_calls_reach(&fake, 2).await;
+    // Once refreshed, the new token is far from its window: no further call, however
+    // many ticks pass and however often it is used.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        let (body, cache) = token_ok(&app, &id, "").await;
+        assert_eq!(cache, CACHE_HIT, "the worker never waited on LWA");
+        if !seen.contains(&body["access_token"]) {
+            seen.push(body["access_token"].clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.calls(), 2, "one refresh, ahead of expiry");
+    assert_eq!(seen.len(), 1, "only the refreshed token is served after it");
+    assert_ne!(seen[0], first["access_token"]);
+    assert!(seen[0] != Value::Null);
+    let (body, _) = token_ok(&app, &id, "?min_ttl=3000").await;
+    assert_eq!(body["access_token"], seen[0]);
+}
+
+/// Catches: the refresh-ahead comparison inverted (every tick re-reads tokens not due),
+/// and any per-token database read in a tick.
+async fn a_tick_reads_nothing_for_tokens_not_due() {
+    let fake = FakeLwa::start().await;
+    let (app, proxy) = spawn_behind_proxy(&fake, |config| {
+        config.tokens.refresh_tick = Duration::from_millis(50);
+        config.tokens.refresh_spacing = Duration::ZERO;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let id = connection(&app, n).await;
+        token_ok(&app, &id, "").await;
+        ids.push(id);
+    }
+    let before = proxy.bytes_sent();
+    // 20 ticks over 20 cached tokens: 400 reads if a tick read each.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = proxy.bytes_sent() - before;
+    // What may run meanwhile: the API key reload (every 2 s), one small query.
+    assert!(
+        sent < 1500,
+        "{sent} bytes sent to the database during 20 ticks"
+    );
+    for id in &ids {
+        let (_, cache) = token_ok(&app, id, "").await;
+        assert_eq!(cache, CACHE_HIT);
+    }
+    assert_eq!(fake.calls(), 20, "nothing was refreshed");
+}
+
+/// Catches: no second attempt after a fetch's write loses to a PATCH (the caller would
+/// get 503 `concurrent_update`), and the old credentials' token being kept.
+async fn a_patch_during_a_fetch_is_retried_from_the_new_credentials(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(600));
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let in_flight = {
+        let request = app
+            .client
+            .get(app.url(&format!("/connections/{id}/token")))
+            .bearer_auth(ADMIN_KEY)
+            .send();
+        tokio::spawn(request)
+    };
+    lwa_calls_reach(&fake, 1).await;
+    patch_ok(&app, &id, json!({"refresh_token": refresh_token(2)})).await;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap()),
+        Some(refresh_token(2)),
+        "the request got a token of the new credentials"
+    );
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+    assert_eq!(fake.calls_for(&refresh_token(2)), 1);
+    for _ in 0..3 {
+        let (body, _) = token_ok(&app, &id, "").await;
+        assert_eq!(
+            fake.issued_for(body["access_token"].as_str().unwrap()),
+            Some(refresh_token(2)),
+            "the old credentials' token is never served"
+        );
+    }
+    assert_eq!(fake.calls(), 2);
+}
+
+/// Catches: a lost race answered as anything but 503 `concurrent_update` with Retry-After.
+async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(500));
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let in_flight = tokio::spawn(
+        app.client
+            .get(app.url(&format!("/connections/{id}/token")))
+            .bearer_auth(ADMIN_KEY)
+            .send(),
+    );
+    lwa_calls_reach(&fake, 1).await;
+    patch_ok(&app, &id, json!({"name": "first change"})).await;
+    lwa_calls_reach(&fake, 2).await;
+    patch_ok(&app, &id, json!({"name": "second change"})).await;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "concurrent_update",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("retry"));
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_MISS, "the next request fetches afresh");
+    assert_eq!(fake.calls(), 3);
+}
+
+/// Catches: the cache stamp taken when a fetch ends instead of when it begins (a fetch
+/// overtaken by a change would cache what it fetched).
+async fn a_fetch_overtaken_by_a_change_does_not_cache_its_token() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(1000));
+    let app = spawn_tuned(Backend::Postgres, &fake, patient_lwa).await;
+    let id = connection(&app, 1).await;
+    let in_flight = tokio::spawn(
+        app.client
+            .get(app.url(&format!("/connections/{id}/token")))
+            .bearer_auth(ADMIN_KEY)
+            .send(),
+    );
+    lwa_calls_reach(&fake, 1).await;
+    announce_change(&app.db, &id).await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    let fetched: Value = response.json().await.unwrap();
+
+    let (body, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_MISS, "the overtaken fetch did not cache");
+    assert_eq!(body["access_token"], fetched["access_token"], "read back");
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_HIT);
+    assert_eq!(fake.calls(), 1);
+}
+
+/// Catches: `Flights::detach` not called on invalidation (a request after the change
+/// would join, and share the fate of, the fetch begun before it).
+async fn requests_after_a_change_do_not_join_the_fetch_begun_before_it() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(1500));
+    let app = spawn_tuned(Backend::Postgres, &fake, patient_lwa).await;
+    let id = connection(&app, 1).await;
+    let request = || {
+        tokio::spawn(
+            app.client
+                .get(app.url(&format!("/connections/{id}/token")))
+                .bearer_auth(ADMIN_KEY)
+                .send(),
+        )
+    };
+    let before_change = request();
+    lwa_calls_reach(&fake, 1).await;
+    announce_change(&app.db, &id).await;
+    // Long enough for the notification to arrive; far shorter than the LWA call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_change = request();
+
+    let first: Value = before_change.await.unwrap().unwrap().json().await.unwrap();
+    let second = after_change.await.unwrap().unwrap();
+    assert_eq!(second.headers()["cache-status"], CACHE_MISS);
+    let second: Value = second.json().await.unwrap();
+    // Its own fetch waited for the other's lock, then found the stored token.
+    assert_eq!(second["access_token"], first["access_token"]);
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_HIT, "the fetch begun after the change cached");
+    assert_eq!(fake.calls(), 1);
+}
+
+/// Catches: no cache-wide invalidation after the change listener reconnects (changes
+/// announced while it was away would be missed).
+async fn a_listener_reconnect_drops_every_cached_token() {
+    let fake = FakeLwa::start().await;
+    let (app, proxy) = spawn_behind_proxy(&fake, |_| {}).await;
+    let a = connection(&app, 1).await;
+    let b = connection(&app, 2).await;
+    token_ok(&app, &a, "").await;
+    token_ok(&app, &b, "").await;
+
+    proxy.cut();
+    for id in [&a, &b] {
+        let (_, cache) = token_ok(&app, id, "").await;
+        assert_eq!(
+            cache, CACHE_HIT,
+            "served from memory while the database is away"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    // The listener retries every second; once back, it drops the whole cache.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let response = token(&app, &a, "").await;
+        if response.status() == StatusCode::OK && response.headers()["cache-status"] == CACHE_MISS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache was not dropped after the listener reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, cache) = token_ok(&app, &b, "").await;
+    assert_eq!(cache, CACHE_MISS, "every connection's token was dropped");
+    assert_eq!(fake.calls(), 2, "re-read from the database, not LWA");
+}
+
+/// Catches: a new refresh token from LWA not stored (the next exchange would send the
+/// old one).
+async fn a_refresh_token_rotated_by_lwa_is_used_from_then_on(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::zero();
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    let rotated = "Atzr|IwEBIRotatedRefreshToken-0001-do-not-store";
+    fake.rotate_refresh_token(rotated);
+    let response = crate::tokens::authorize(&app, &id).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+
+    let (body, cache) = token_ok(&app, &id, "?force_refresh=true").await;
+    assert_eq!(cache, CACHE_MISS);
+    assert_eq!(fake.calls_for(rotated), 1, "the rotated token was sent");
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1, "the old one was not");
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap())
+            .as_deref(),
+        Some(rotated)
+    );
+
+    // It survives a restart: it was stored, not only kept in memory.
+    let db = app.stop().await;
+    let mut settings = crate::helpers::settings(&db, Some(crate::helpers::MASTER_KEYS));
+    settings.lwa_token_url = fake.token_url.clone();
+    let app = TestApp::start_with(db, settings).await.unwrap();
+    assert_eq!(
+        crate::tokens::authorize(&app, &id).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(fake.calls_for(rotated), 2);
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+}
