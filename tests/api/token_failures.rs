@@ -13,7 +13,7 @@ use crate::helpers::{
     Backend, TestApp, TestDb, problem, settings, spawn_behind_proxy, spawn_tuned,
 };
 use crate::token_cache::patient_lwa;
-use crate::tokens::{authorize, connection, read, token, token_ok};
+use crate::tokens::{authorize, connection, read, token, token_in_background, token_ok};
 use crate::{both_backends, single};
 
 both_backends!(
@@ -123,6 +123,18 @@ async fn assert_stale(response: reqwest::Response, cached: &Value, max_life: i64
     assert_eq!(body["expires_at"], cached["expires_at"]);
 }
 
+/// Two cached tokens: one with 120 s left (and its token response), one that expires
+/// in a second.
+async fn lasting_and_expiring_tokens(app: &TestApp, fake: &FakeLwa) -> (String, Value, String) {
+    fake.set_expires_in(120);
+    let lasting = connection(app, 1).await;
+    let (cached, _) = token_ok(app, &lasting, "").await;
+    fake.set_expires_in(1);
+    let expiring = connection(app, 2).await;
+    token_ok(app, &expiring, "?min_ttl=0").await;
+    (lasting, cached, expiring)
+}
+
 /// Catches: the expiry guard of the stale fallback removed (an expired token would be
 /// served with `expires_in: 0`), and a forced refresh given a stale token.
 async fn a_token_inside_min_ttl_is_served_stale_while_lwa_fails_but_never_expired(
@@ -130,12 +142,7 @@ async fn a_token_inside_min_ttl_is_served_stale_while_lwa_fails_but_never_expire
 ) {
     let fake = FakeLwa::start().await;
     let app = spawn_tuned(backend, &fake, no_force_refresh_age).await;
-    fake.set_expires_in(120);
-    let lasting = connection(&app, 1).await;
-    let (cached, _) = token_ok(&app, &lasting, "").await;
-    fake.set_expires_in(1);
-    let expiring = connection(&app, 2).await;
-    token_ok(&app, &expiring, "?min_ttl=0").await;
+    let (lasting, cached, expiring) = lasting_and_expiring_tokens(&app, &fake).await;
 
     fake.set_mode(LwaMode::ServerError);
     assert_stale(token(&app, &lasting, "?min_ttl=600").await, &cached, 120).await;
@@ -164,12 +171,7 @@ async fn a_token_inside_min_ttl_is_served_stale_while_the_database_is_down() {
     let fake = FakeLwa::start().await;
     let (app, proxy) = spawn_behind_proxy(&fake, no_force_refresh_age).await;
     let worker = app.api_key(&["tokens:read"]).await;
-    fake.set_expires_in(120);
-    let lasting = connection(&app, 1).await;
-    let (cached, _) = token_ok(&app, &lasting, "").await;
-    fake.set_expires_in(1);
-    let expiring = connection(&app, 2).await;
-    token_ok(&app, &expiring, "?min_ttl=0").await;
+    let (lasting, cached, expiring) = lasting_and_expiring_tokens(&app, &fake).await;
     let get = |id: &str, query: &str| {
         let path = format!("/connections/{id}/token{query}");
         let worker = worker.clone();
@@ -209,12 +211,7 @@ async fn a_slow_exchange_on_another_replica_is_token_fetch_in_progress() {
         })
         .await;
     let id = connection(&a, 1).await;
-    let on_a = tokio::spawn(
-        a.client
-            .get(a.url(&format!("/connections/{id}/token")))
-            .bearer_auth(crate::helpers::ADMIN_KEY)
-            .send(),
-    );
+    let on_a = token_in_background(&a, &id);
     while fake.calls() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -26,7 +26,6 @@ both_backends!(
     token_response_tells_the_worker_where_to_go,
     concurrent_first_requests_make_one_lwa_call,
     cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_one_call,
-    tokens_are_refreshed_ahead_of_expiry_while_in_use,
     tokens_nobody_asks_for_are_not_refreshed,
     refused_credentials_set_the_status_and_stop_workers,
     transient_failures_keep_the_status_and_recover,
@@ -43,6 +42,20 @@ pub(crate) async fn connection(app: &TestApp, n: u32) -> String {
 pub(crate) async fn token(app: &TestApp, id: &str, query: &str) -> reqwest::Response {
     app.get(&format!("/connections/{id}/token{query}"), ADMIN_KEY)
         .await
+}
+
+/// A token request as admin, sent in the background (to land while something else
+/// happens).
+pub(crate) fn token_in_background(
+    app: &TestApp,
+    id: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    tokio::spawn(
+        app.client
+            .get(app.url(&format!("/connections/{id}/token")))
+            .bearer_auth(ADMIN_KEY)
+            .send(),
+    )
 }
 
 pub(crate) async fn token_ok(app: &TestApp, id: &str, query: &str) -> (Value, String) {
@@ -219,38 +232,6 @@ async fn cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_on
     assert_eq!(tokens.len(), 1);
     assert_ne!(tokens[0], first["access_token"].as_str().unwrap());
     assert_eq!(fake.calls(), 2, "twenty forced refreshes, one LWA call");
-}
-
-async fn tokens_are_refreshed_ahead_of_expiry_while_in_use(backend: Backend) {
-    let fake = FakeLwa::start().await;
-    fake.set_expires_in(6);
-    let app = spawn_tuned(backend, &fake, |config| {
-        config.tokens.refresh_ahead = chrono::TimeDelta::seconds(4);
-        config.tokens.refresh_tick = Duration::from_millis(200);
-    })
-    .await;
-    let id = connection(&app, 1).await;
-    let (first, _) = token_ok(&app, &id, "?min_ttl=1").await;
-    // LWA slows down: a worker that had to wait for it would now see a miss.
-    fake.set_delay(Duration::from_millis(300));
-    let mut seen = vec![first["access_token"].clone()];
-    let until = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < until {
-        let (body, cache) = token_ok(&app, &id, "?min_ttl=1").await;
-        assert_eq!(
-            cache, "connection-registry; hit",
-            "the worker never waited on LWA"
-        );
-        assert!(
-            body["expires_in"].as_i64().unwrap() >= 1,
-            "never a token about to expire"
-        );
-        if !seen.contains(&body["access_token"]) {
-            seen.push(body["access_token"].clone());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(seen.len() >= 3, "refreshed ahead, more than once: {seen:?}");
 }
 
 async fn tokens_nobody_asks_for_are_not_refreshed(backend: Backend) {
