@@ -165,7 +165,12 @@ async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
     assert_eq!(body["token_type"], "bearer");
     let expires_in = body["expires_in"].as_i64().unwrap();
     assert!((3590..=3600).contains(&expires_in), "{expires_in}");
-    assert!(body["expires_at"].is_string());
+    // expires_at is the same instant as expires_in, as a time.
+    let from_now = at(&body["expires_at"]) - chrono::Utc::now();
+    assert!(
+        (from_now.num_seconds() - expires_in).abs() <= 2,
+        "{from_now} vs {expires_in}"
+    );
     assert_eq!(
         body["sp_api_endpoint"],
         "https://sellingpartnerapi-eu.amazon.com"
@@ -278,17 +283,21 @@ async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
     for (n, (mode, code, status)) in (1..).zip(cases) {
         fake.set_mode(mode);
         let id = connection(&app, n).await;
+        let before = chrono::Utc::now();
         let body = problem(
             authorize(&app, &id).await,
             StatusCode::UNPROCESSABLE_ENTITY,
             code,
         )
         .await;
+        let after = chrono::Utc::now();
         assert!(body["detail"].as_str().unwrap().contains("LWA rejected"));
         let connection = read(&app, &id).await;
         assert_eq!(connection["status"], status);
         assert_eq!(connection["last_error"]["code"], code);
-        assert!(connection["last_error"]["at"].is_string());
+        let failed_at = at(&connection["last_error"]["at"]);
+        assert!(before <= failed_at && failed_at <= after, "{failed_at}");
+        assert_eq!(connection["updated_at"], connection["last_error"]["at"]);
 
         let calls = fake.calls();
         let body = problem(
