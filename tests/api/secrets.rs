@@ -38,17 +38,24 @@ async fn database_contents(db: &TestDb) -> String {
             String::from_utf8(output.stdout).expect("dump is text")
         }
         Backend::Sqlite => {
-            let mut contents = String::new();
-            for entry in std::fs::read_dir(db.sqlite_dir().unwrap()).unwrap() {
-                // The last connection to close checkpoints the `-wal` file into the
-                // database and removes it (with `-shm`), perhaps while this reads.
-                match std::fs::read(entry.unwrap().path()) {
-                    Ok(bytes) => contents.push_str(&String::from_utf8_lossy(&bytes)),
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => panic!("reading the SQLite files: {err}"),
+            // The last connection to close checkpoints the `-wal` file into the database
+            // and removes it (with `-shm`), perhaps while this reads: then read again,
+            // from the database that now holds what the WAL held.
+            'again: for _ in 0..10 {
+                let mut contents = String::new();
+                for entry in std::fs::read_dir(db.sqlite_dir().unwrap()).unwrap() {
+                    match std::fs::read(entry.unwrap().path()) {
+                        Ok(bytes) => contents.push_str(&String::from_utf8_lossy(&bytes)),
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue 'again;
+                        }
+                        Err(err) => panic!("reading the SQLite files: {err}"),
+                    }
                 }
+                return contents;
             }
-            contents
+            panic!("the SQLite files kept changing")
         }
     }
 }
