@@ -37,7 +37,7 @@ async fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (boo
 
 async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
         (
             &[("DATABASE_URL", "mysql://localhost/db")],
             "DATABASE_URL (--database-url): ",
@@ -60,6 +60,10 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
         (
             &[("REGISTRY_LWA_TOKEN_URL", "not a url")],
             "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): ",
+        ),
+        (
+            &[("REGISTRY_REQUEST_TIMEOUT", "0")],
+            "REGISTRY_REQUEST_TIMEOUT (--request-timeout): `0` is not a number of seconds",
         ),
     ];
     for (env, expected) in cases {
