@@ -442,6 +442,62 @@ mod tests {
     }
 
     #[test]
+    fn backoff_is_a_random_wait_up_to_a_doubling_bound() {
+        let settings = LwaSettings {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..LwaSettings::default()
+        };
+        let client = LwaClient::new(Url::parse("http://127.0.0.1:9/").unwrap(), settings);
+        for (attempt, bound_ms) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            let bound = Duration::from_millis(bound_ms);
+            let waits: Vec<Duration> = (0..200).map(|_| client.backoff(attempt)).collect();
+            assert!(waits.iter().all(|wait| *wait <= bound), "attempt {attempt}");
+            // Uniform up to the bound: 200 draws all in its lower half would be a 2^-200 event.
+            assert!(
+                waits.iter().any(|wait| *wait > bound / 2),
+                "attempt {attempt} waits up to {bound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_from_the_other_side_are_cut_to_a_safe_word() {
+        assert_eq!(scrub_code("invalid_request"), "invalid_request");
+        assert_eq!(scrub_code("bad code\n<script>"), "badcodescript");
+        assert_eq!(scrub_code(&"x".repeat(100)).len(), 64);
+        match classify_error(
+            "invalid request\n",
+            "Missing parameter".into(),
+            StatusCode::BAD_REQUEST,
+            None,
+        ) {
+            Attempt::Final(LwaError::Protocol(message)) => {
+                assert_eq!(message, "invalidrequest: Missing parameter");
+            }
+            _ => panic!("a malformed request is a final protocol error"),
+        }
+    }
+
+    #[test]
+    fn an_access_token_must_look_like_one() {
+        let parse = |token: &str| {
+            serde_json::from_value::<TokenSuccess>(serde_json::json!({
+                "access_token": token, "token_type": "bearer", "expires_in": 3600
+            }))
+            .unwrap()
+            .into_grant(now())
+            .map(|grant| grant.access_token.expose().len())
+        };
+        let longest = format!("Atza|{}", "t".repeat(MAX_TOKEN_LEN - 5));
+        assert_eq!(parse(&longest).unwrap(), MAX_TOKEN_LEN);
+        assert!(parse(&format!("{longest}t")).is_err(), "one byte too long");
+        assert!(parse("Atza|with space").is_err());
+        assert!(parse("Atza|\u{e9}").is_err());
+        assert!(parse("").is_err());
+    }
+
+    #[test]
     fn expires_in_may_be_a_string() {
         let parse = |json: &str| {
             serde_json::from_str::<TokenSuccess>(json)

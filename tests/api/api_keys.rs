@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::helpers::{ADMIN_KEY, Backend, invalid_fields, not_found, problem, spawn_app};
 
+crate::single!(unknown_keys_are_remembered_as_unknown_for_two_seconds);
+
 both_backends!(
     missing_or_unknown_keys_are_401,
     forbidden_comes_before_validation,
@@ -185,4 +187,38 @@ async fn revoked_key_stops_working_on_every_replica_within_5_seconds(backend: Ba
     }
     let list: Value = app.get_json("/api-keys").await;
     assert!(!list.to_string().contains("doomed"));
+}
+
+/// Catches: unknown keys not remembered (every guess would cost a query, and fail with
+/// 503 rather than 401 while the database is away), remembered one at a time, or
+/// remembered for good (a key created on another replica would stay refused).
+async fn unknown_keys_are_remembered_as_unknown_for_two_seconds() {
+    let fake = crate::fake_amazon::FakeLwa::start().await;
+    let (app, proxy) = crate::helpers::spawn_behind_proxy(&fake, |_| {}).await;
+    let guesses = [
+        "crk_guessed-key-number-one-000000000000",
+        "crk_guessed-key-number-two-000000000000",
+    ];
+    for guess in guesses {
+        let response = app.get("/connections", guess).await;
+        problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    // Without the database, both guesses are still known to be unknown.
+    proxy.cut();
+    for guess in guesses {
+        let response = app.get("/connections", guess).await;
+        problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    // Two seconds on, the service asks again: the database is away, so it cannot say.
+    tokio::time::sleep(connection_registry::auth::RELOAD_INTERVAL).await;
+    let response = app.get("/connections", guesses[0]).await;
+    problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+    )
+    .await;
+    // Known keys keep working from memory.
+    let metrics = app.get("/metrics", ADMIN_KEY).await;
+    assert_eq!(metrics.status(), StatusCode::OK);
 }

@@ -26,6 +26,8 @@ single!(
     a_fetch_overtaken_by_a_change_does_not_cache_its_token,
     requests_after_a_change_do_not_join_the_fetch_begun_before_it,
     a_listener_reconnect_drops_every_cached_token,
+    a_fetch_under_way_when_the_listener_reconnects_does_not_cache,
+    a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it,
 );
 
 const CACHE_HIT: &str = "connection-registry; hit";
@@ -186,12 +188,18 @@ async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     assert_eq!(fake.calls(), 3);
 }
 
-/// Catches: the cache stamp taken when a fetch ends instead of when it begins (a fetch
+/// Catches: the cache stamp taken when a fetch ends, and the refresher pruning
+/// invalidations too recent to forget instead of when it begins (a fetch
 /// overtaken by a change would cache what it fetched).
 async fn a_fetch_overtaken_by_a_change_does_not_cache_its_token() {
     let fake = FakeLwa::start().await;
     fake.set_delay(Duration::from_millis(1000));
-    let app = spawn_tuned(Backend::Postgres, &fake, patient_lwa).await;
+    let app = spawn_tuned(Backend::Postgres, &fake, |config| {
+        patient_lwa(config);
+        // Ticks prune old invalidations; one lands while the fetch is under way.
+        config.tokens.refresh_tick = Duration::from_millis(50);
+    })
+    .await;
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
     lwa_calls_reach(&fake, 1).await;
@@ -308,4 +316,57 @@ async fn a_refresh_token_rotated_by_lwa_is_used_from_then_on(backend: Backend) {
     );
     assert_eq!(fake.calls_for(rotated), 2);
     assert_eq!(fake.calls_for(&refresh_token(1)), 1);
+}
+
+/// Catches: a cache-wide invalidation that leaves fetches under way free to cache (the
+/// notifications missed while the listener was away may concern them).
+async fn a_fetch_under_way_when_the_listener_reconnects_does_not_cache() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(1500));
+    let app = spawn_tuned(Backend::Postgres, &fake, patient_lwa).await;
+    let id = connection(&app, 1).await;
+    let in_flight = token_in_background(&app, &id);
+    lwa_calls_reach(&fake, 1).await;
+    // Only the listener's connection goes (a failover, an idle timeout on the way):
+    // the fetch's own connection stays.
+    let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true], "one listener");
+
+    let fetched: Value = in_flight.await.unwrap().unwrap().json().await.unwrap();
+    let (body, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_MISS, "the fetch under way did not cache");
+    assert_eq!(body["access_token"], fetched["access_token"]);
+    assert_eq!(fake.calls(), 1);
+}
+
+/// Catches: a caller accepting whatever the fetch it joined brings back (a forced
+/// refresh arriving during an ordinary fetch would get that fetch's token, fetched before
+/// the worker found it rejected).
+async fn a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(600));
+    let app = spawn_tuned(Backend::Sqlite, &fake, |config| {
+        patient_lwa(config);
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::zero();
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    let ordinary = token_in_background(&app, &id);
+    lwa_calls_reach(&fake, 1).await;
+    let (forced, _) = token_ok(&app, &id, "?force_refresh=true").await;
+    let ordinary: Value = ordinary.await.unwrap().unwrap().json().await.unwrap();
+    assert_ne!(forced["access_token"], ordinary["access_token"]);
+    assert_eq!(fake.calls(), 2, "the forced refresh made its own exchange");
+    let (now, _) = token_ok(&app, &id, "").await;
+    assert_eq!(
+        now["access_token"], forced["access_token"],
+        "the newest is kept"
+    );
 }

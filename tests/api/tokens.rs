@@ -32,6 +32,9 @@ both_backends!(
     unusable_lwa_answers_are_bad_gateway,
     new_credentials_and_delete_drop_the_cached_token,
     token_parameters_and_scopes_are_checked,
+    an_unreachable_lwa_is_unavailable,
+    a_token_shorter_than_min_ttl_is_replaced,
+    a_token_in_use_is_kept_past_the_idle_time,
 );
 
 pub(crate) async fn connection(app: &TestApp, n: u32) -> String {
@@ -104,7 +107,10 @@ pub(crate) async fn authorize(app: &TestApp, id: &str) -> reqwest::Response {
 
 async fn authorize_exchanges_the_refresh_token_and_caches_the_token(backend: Backend) {
     let fake = FakeLwa::start().await;
-    let app = spawn_with_lwa(backend, &fake).await;
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::zero();
+    })
+    .await;
     let id = connection(&app, 1).await;
 
     let before = chrono::Utc::now();
@@ -132,9 +138,18 @@ async fn authorize_exchanges_the_refresh_token_and_caches_the_token(backend: Bac
     );
     assert_eq!(fake.calls(), 1);
 
+    // A refresh is not an authorization: `authorized_at` stays.
+    let (refreshed, _) = token_ok(&app, &id, "?force_refresh=true").await;
+    assert_ne!(refreshed["access_token"], body["access_token"]);
+    assert_eq!(fake.calls(), 2);
+    assert_eq!(
+        read(&app, &id).await["authorized_at"],
+        authorized["authorized_at"]
+    );
+
     // Authorizing again always asks LWA, and says when.
     let reauthorized: Value = authorize(&app, &id).await.json().await.unwrap();
-    assert_eq!(fake.calls(), 2);
+    assert_eq!(fake.calls(), 3);
     assert!(at(&reauthorized["authorized_at"]) > authorized_at);
     let (again, _) = token_ok(&app, &id, "").await;
     assert_ne!(again["access_token"], body["access_token"]);
@@ -153,7 +168,9 @@ async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
     fake.set_mode(LwaMode::IssueWithStringExpiry);
     let app = spawn_with_lwa(backend, &fake).await;
     let id = connection(&app, 1).await;
+    let asked = chrono::Utc::now();
     let response = token(&app, &id, "").await;
+    let answered = chrono::Utc::now();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(
@@ -181,7 +198,13 @@ async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
     assert_eq!(body["merchant_token"], "A2EUQ1WTGCTBG2");
     assert_eq!(body["marketplace_ids"], json!([]));
     // The first token request of a pending connection authorized it.
-    assert_eq!(read(&app, &id).await["status"], "active");
+    let connection = read(&app, &id).await;
+    assert_eq!(connection["status"], "active");
+    let authorized_at = at(&connection["authorized_at"]);
+    assert!(
+        asked <= authorized_at && authorized_at <= answered,
+        "{authorized_at}"
+    );
 
     let mut sandbox = connection_body(2);
     sandbox["region"] = json!("fe");
@@ -263,24 +286,31 @@ async fn tokens_nobody_asks_for_are_not_refreshed(backend: Backend) {
 async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
     let fake = FakeLwa::start().await;
     let app = spawn_with_lwa(backend, &fake).await;
+    // What LWA said reaches the caller and the connection, scrubbed but not lost.
     let cases = [
         (
             LwaMode::InvalidGrant,
             "invalid_grant",
             "refresh_token_invalid",
+            "LWA rejected the refresh token (invalid_grant): The request has an invalid \
+             grant parameter : refresh_token",
         ),
         (
             LwaMode::InvalidClient,
             "invalid_client",
             "client_credentials_invalid",
+            "LWA rejected the client credentials (invalid_client): Client authentication \
+             failed",
         ),
         (
             LwaMode::UnauthorizedClient,
             "invalid_client",
             "client_credentials_invalid",
+            "LWA rejected the client credentials (unauthorized_client): Not authorized for \
+             requested operation",
         ),
     ];
-    for (n, (mode, code, status)) in (1..).zip(cases) {
+    for (n, (mode, code, status, detail)) in (1..).zip(cases) {
         fake.set_mode(mode);
         let id = connection(&app, n).await;
         let before = chrono::Utc::now();
@@ -291,10 +321,11 @@ async fn refused_credentials_set_the_status_and_stop_workers(backend: Backend) {
         )
         .await;
         let after = chrono::Utc::now();
-        assert!(body["detail"].as_str().unwrap().contains("LWA rejected"));
+        assert_eq!(body["detail"], detail);
         let connection = read(&app, &id).await;
         assert_eq!(connection["status"], status);
         assert_eq!(connection["last_error"]["code"], code);
+        assert_eq!(connection["last_error"]["message"], detail);
         let failed_at = at(&connection["last_error"]["at"]);
         assert!(before <= failed_at && failed_at <= after, "{failed_at}");
         assert_eq!(connection["updated_at"], connection["last_error"]["at"]);
@@ -356,16 +387,21 @@ async fn transient_failures_keep_the_status_and_recover(backend: Backend) {
     .await;
     let id = connection(&app, 1).await;
     let cases = [
-        (LwaMode::ServerError, 3),
+        (
+            LwaMode::ServerError,
+            3,
+            "LWA is unavailable: server_error: Internal server error",
+        ),
         (
             LwaMode::Throttled {
                 retry_after_secs: 1,
             },
             3,
+            "LWA is unavailable: HTTP 429 Too Many Requests",
         ),
-        (LwaMode::Hang, 3),
+        (LwaMode::Hang, 3, "LWA is unavailable: timed out"),
     ];
-    for (mode, attempts) in cases {
+    for (mode, attempts, message) in cases {
         fake.set_mode(mode);
         let before = fake.calls();
         let response = authorize(&app, &id).await;
@@ -379,6 +415,7 @@ async fn transient_failures_keep_the_status_and_recover(backend: Backend) {
             "{mode:?} never changes the status"
         );
         assert_eq!(connection["last_error"]["code"], "lwa_unavailable");
+        assert_eq!(connection["last_error"]["message"], message);
         let response = token(&app, &id, "").await;
         assert!(response.headers().contains_key("retry-after"));
         problem(response, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
@@ -675,4 +712,67 @@ async fn shutdown_lets_in_flight_requests_finish() {
         client.get(url).send().await.is_err(),
         "no new requests after shutdown"
     );
+}
+
+/// Catches: a transport failure described as something else (the walkthrough's answer).
+async fn an_unreachable_lwa_is_unavailable(backend: Backend) {
+    // The suite's default LWA URL is a closed port.
+    let app = crate::helpers::spawn_app(backend).await;
+    let id = connection(&app, 1).await;
+    let response = authorize(&app, &id).await;
+    let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
+    assert_eq!(body["detail"], "LWA is unavailable: could not connect");
+    let connection = read(&app, &id).await;
+    assert_eq!(connection["status"], "pending");
+    assert_eq!(
+        connection["last_error"]["message"],
+        "LWA is unavailable: could not connect"
+    );
+}
+
+/// Catches: a stored or cached token accepted although it has less than `min_ttl` left.
+async fn a_token_shorter_than_min_ttl_is_replaced(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    fake.set_expires_in(120);
+    let (short, _) = token_ok(&app, &id, "").await;
+    fake.set_expires_in(3600);
+    let (long, cache) = token_ok(&app, &id, "?min_ttl=600").await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    assert_ne!(long["access_token"], short["access_token"]);
+    assert!(long["expires_in"].as_i64().unwrap() >= 600);
+    assert_eq!(fake.calls(), 2);
+    // The replacement is stored too: a replica that asks the same reads it.
+    if backend == Backend::Postgres {
+        let replica = app.replica().await;
+        let (read_back, cache) = token_ok(&replica, &id, "?min_ttl=600").await;
+        assert_eq!(cache, "connection-registry; fwd=miss");
+        assert_eq!(read_back["access_token"], long["access_token"]);
+        assert_eq!(fake.calls(), 2);
+    }
+}
+
+/// Catches: a request not marking its token as used (a token in constant use would be
+/// dropped as idle, and workers would wait on fetches).
+async fn a_token_in_use_is_kept_past_the_idle_time(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_tuned(backend, &fake, |config| {
+        config.tokens.idle_after = chrono::TimeDelta::milliseconds(400);
+        config.tokens.refresh_tick = Duration::from_millis(100);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    token_ok(&app, &id, "").await;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let (_, cache) = token_ok(&app, &id, "").await;
+        assert_eq!(cache, "connection-registry; hit", "kept while in use");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Left alone past the idle time, it is dropped.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    assert_eq!(fake.calls(), 1, "read back from the database, not LWA");
 }

@@ -184,6 +184,29 @@ async fn malformed_oversized_and_mistyped_bodies_are_refused(backend: Backend) {
     assert_eq!(at_limit.status(), StatusCode::CREATED);
     let list: Value = app.get_json("/connections").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    // Only JSON media types: `application/*+json` is JSON, `application/xml` is not.
+    problem(
+        post_raw(
+            connection_body(1).to_string().into_bytes(),
+            "application/xml",
+        )
+        .await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    problem(
+        post_raw(connection_body(1).to_string().into_bytes(), "text/json").await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let vendor = post_raw(
+        connection_body(1).to_string().into_bytes(),
+        "application/vnd.registry+json",
+    )
+    .await;
+    assert_eq!(vendor.status(), StatusCode::CREATED);
     // A charset parameter is still JSON.
     let ok = post_raw(
         connection_body(1).to_string().into_bytes(),
@@ -192,7 +215,7 @@ async fn malformed_oversized_and_mistyped_bodies_are_refused(backend: Backend) {
     .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
     let list: Value = app.get_json("/connections").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
 }
 
 async fn invalid_patch_names_fields_and_changes_nothing(backend: Backend) {
