@@ -358,6 +358,64 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_are_1_to_32_letters_digits_dashes_or_underscores() {
+        for good in ["k", "prod-2026_a", &"k".repeat(32)] {
+            let ring = keyring(&format!("{good}:{}", key(1)));
+            assert_eq!(ring.primary_id(), good);
+        }
+        for bad in ["", "k.1", "k 1", &"k".repeat(33)] {
+            assert_eq!(
+                Keyring::parse(&format!("ok:{},{bad}:{}", key(1), key(2))).unwrap_err(),
+                KeyringError::BadKeyId { position: 2 },
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn seal_with_key_uses_the_named_key() {
+        let ring = keyring(&format!("k2:{},k1:{}", key(2), key(1)));
+        let sealed = ring
+            .seal_with_key("k1", "row", Field::KeyCheck, "text")
+            .unwrap();
+        assert_eq!(sealed.key_id(), Some("k1"));
+        let only_k1 = keyring(&format!("k1:{}", key(1)));
+        let opened = only_k1.open("row", Field::KeyCheck, &sealed).unwrap();
+        assert_eq!(opened.expose_secret(), "text");
+        assert!(
+            ring.seal_with_key("k3", "row", Field::KeyCheck, "text")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn truncated_or_foreign_ciphertexts_are_refused_without_panic() {
+        let ring = keyring(&format!("k1:{}", key(8)));
+        let sealed = ring.seal("row", Field::ClientSecret, "secret");
+        let blob = STANDARD
+            .decode(sealed.as_str().rsplit(':').next().unwrap())
+            .unwrap();
+        for len in [0, 5, NONCE_LEN - 1] {
+            let truncated = Sealed(format!("v1:k1:{}", STANDARD.encode(&blob[..len])));
+            assert!(matches!(
+                ring.open("row", Field::ClientSecret, &truncated),
+                Err(CryptoError::Malformed)
+            ));
+        }
+        for len in [NONCE_LEN, blob.len() - 1] {
+            let truncated = Sealed(format!("v1:k1:{}", STANDARD.encode(&blob[..len])));
+            assert!(matches!(
+                ring.open("row", Field::ClientSecret, &truncated),
+                Err(CryptoError::Tampered(_))
+            ));
+        }
+        for foreign in ["v2:k1:AAAA", "k1:AAAA", "", "v1:k9:AAAA"] {
+            let result = ring.open("row", Field::ClientSecret, &Sealed(foreign.into()));
+            assert!(result.is_err(), "{foreign:?}");
+        }
+    }
+
+    #[test]
     fn debug_shows_key_ids_only() {
         let ring = keyring(&format!("k1:{}", key(7)));
         assert_eq!(format!("{ring:?}"), r#"Keyring { key_ids: ["k1"] }"#);
