@@ -242,6 +242,11 @@ pub async fn spawn_behind_proxy(
     (app, proxy)
 }
 
+/// LWA calls may take seconds (the suite's default gives up after one).
+pub fn patient_lwa(config: &mut Config) {
+    config.lwa.request_timeout = Duration::from_secs(10);
+}
+
 /// Test pace: LWA retries in milliseconds, so failure tests stay quick.
 fn quick_lwa(config: &mut Config) {
     config.lwa = LwaSettings {

@@ -10,7 +10,7 @@ use sqlx::Connection;
 
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
-    Backend, TestApp, TestDb, problem, refresh_token, spawn_behind_proxy, spawn_tuned,
+    Backend, TestApp, TestDb, patient_lwa, problem, refresh_token, spawn_behind_proxy, spawn_tuned,
 };
 use crate::tokens::{connection, patch_ok, token, token_in_background, token_ok};
 use crate::{both_backends, single};
@@ -40,11 +40,6 @@ async fn lwa_calls_reach(fake: &FakeLwa, n: usize) {
         assert!(Instant::now() < deadline, "LWA never got call {n}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// LWA calls may take seconds (the suite's default gives up after one).
-pub(crate) fn patient_lwa(config: &mut connection_registry::config::Config) {
-    config.lwa.request_timeout = Duration::from_secs(10);
 }
 
 /// Another replica announcing that connection `id` changed (what every committed

@@ -10,9 +10,8 @@ use serde_json::Value;
 
 use crate::fake_amazon::{FakeLwa, LwaMode};
 use crate::helpers::{
-    Backend, TestApp, TestDb, problem, settings, spawn_behind_proxy, spawn_tuned,
+    Backend, TestApp, TestDb, patient_lwa, problem, settings, spawn_behind_proxy, spawn_tuned,
 };
-use crate::token_cache::patient_lwa;
 use crate::tokens::{authorize, connection, read, token, token_in_background, token_ok};
 use crate::{both_backends, single};
 
