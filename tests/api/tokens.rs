@@ -235,12 +235,18 @@ async fn cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_on
     backend: Backend,
 ) {
     let fake = FakeLwa::start().await;
+    // Long enough that a loaded machine stays well inside it, and the storm below too.
+    let min_age = Duration::from_secs(2);
     let app = spawn_tuned(backend, &fake, |config| {
-        config.tokens.force_refresh_min_age = chrono::TimeDelta::milliseconds(500);
+        config.tokens.force_refresh_min_age = chrono::TimeDelta::from_std(min_age).unwrap();
     })
     .await;
     let id = connection(&app, 1).await;
     let (first, _) = token_ok(&app, &id, "").await;
+    let fetched = Instant::now();
+    // Within the minimum age a forced refresh keeps the token it just got.
+    let (kept, _) = token_ok(&app, &id, "?force_refresh=true").await;
+    assert_eq!(kept["access_token"], first["access_token"]);
     for _ in 0..50 {
         let (body, cache) = token_ok(&app, &id, "?min_ttl=600").await;
         assert_eq!(body["access_token"], first["access_token"]);
@@ -248,12 +254,10 @@ async fn cached_tokens_are_served_from_memory_and_a_force_refresh_storm_makes_on
     }
     assert_eq!(fake.calls(), 1);
 
-    // Within the minimum age a forced refresh keeps the token it just got.
-    let (kept, _) = token_ok(&app, &id, "?force_refresh=true").await;
-    assert_eq!(kept["access_token"], first["access_token"]);
-    assert_eq!(fake.calls(), 1);
-
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        fetched + min_age + Duration::from_millis(100),
+    ))
+    .await;
     fake.set_delay(Duration::from_millis(200));
     let storm = (0..20).map(|_| token(&app, &id, "?force_refresh=true"));
     let tokens = distinct_tokens(futures_util::future::join_all(storm).await).await;
