@@ -105,6 +105,18 @@ impl FakeLwa {
             .unwrap_or(0)
     }
 
+    /// Waits until `n` token requests have arrived; fails the test after 10 s.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.calls() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "LWA never got request {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Requests that carried this client secret.
     pub fn calls_with_client_secret(&self, client_secret: &str) -> usize {
         self.state

@@ -33,15 +33,6 @@ single!(
 const CACHE_HIT: &str = "connection-registry; hit";
 const CACHE_MISS: &str = "connection-registry; fwd=miss";
 
-/// Waits, bounded, until the fake LWA has received `n` calls.
-async fn lwa_calls_reach(fake: &FakeLwa, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake.calls() < n {
-        assert!(Instant::now() < deadline, "LWA never got call {n}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Another replica announcing that connection `id` changed (what every committed
 /// connection write sends on Postgres).
 async fn announce_change(db: &TestDb, id: &str) {
@@ -133,7 +124,7 @@ async fn a_patch_during_a_fetch_is_retried_from_the_new_credentials(backend: Bac
     let app = spawn_tuned(backend, &fake, |_| {}).await;
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     patch_ok(&app, &id, json!({"refresh_token": refresh_token(2)})).await;
 
     let response = in_flight.await.unwrap().unwrap();
@@ -164,9 +155,9 @@ async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     let app = spawn_tuned(backend, &fake, |_| {}).await;
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     patch_ok(&app, &id, json!({"name": "first change"})).await;
-    lwa_calls_reach(&fake, 2).await;
+    fake.wait_for_calls(2).await;
     patch_ok(&app, &id, json!({"name": "second change"})).await;
 
     let response = in_flight.await.unwrap().unwrap();
@@ -197,7 +188,7 @@ async fn a_fetch_overtaken_by_a_change_does_not_cache_its_token() {
     .await;
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     announce_change(&app.db, &id).await;
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -220,7 +211,7 @@ async fn requests_after_a_change_do_not_join_the_fetch_begun_before_it() {
     let id = connection(&app, 1).await;
     let request = || token_in_background(&app, &id);
     let before_change = request();
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     announce_change(&app.db, &id).await;
     // Long enough for the notification to arrive; far shorter than the LWA call.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -321,7 +312,7 @@ async fn a_fetch_under_way_when_the_listener_reconnects_does_not_cache() {
     let app = spawn_tuned(Backend::Postgres, &fake, patient_lwa).await;
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     // Only the listener's connection goes (a failover, an idle timeout on the way):
     // the fetch's own connection stays.
     let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
@@ -354,7 +345,7 @@ async fn a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it() {
     .await;
     let id = connection(&app, 1).await;
     let ordinary = token_in_background(&app, &id);
-    lwa_calls_reach(&fake, 1).await;
+    fake.wait_for_calls(1).await;
     let (forced, _) = token_ok(&app, &id, "?force_refresh=true").await;
     let ordinary: Value = ordinary.await.unwrap().unwrap().json().await.unwrap();
     assert_ne!(forced["access_token"], ordinary["access_token"]);

@@ -211,9 +211,7 @@ async fn a_slow_exchange_on_another_replica_is_token_fetch_in_progress() {
         .await;
     let id = connection(&a, 1).await;
     let on_a = token_in_background(&a, &id);
-    while fake.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    fake.wait_for_calls(1).await;
     let started = Instant::now();
     let response = token(&b, &id, "").await;
     assert!(

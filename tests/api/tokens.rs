@@ -709,9 +709,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
             .send(),
     );
     // Let the request reach the server and wait on LWA, then stop the server.
-    while fake.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fake.wait_for_calls(1).await;
     let url = app.url("/healthz");
     let client = app.client.clone();
     app.stop().await;
