@@ -1,5 +1,5 @@
 //! connection-registry: keeps Amazon SP-API connection credentials, encrypted, and hands
-//! short-lived Login-with-Amazon access tokens to sync workers. See SPEC.md and README.md.
+//! short-lived Login-with-Amazon access tokens to sync workers. See README.md and docs/.
 
 pub mod amazon;
 pub mod app;

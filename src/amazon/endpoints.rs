@@ -1,4 +1,4 @@
-//! SP-API hosts and AWS regions per region and environment (AMAZON.md, "SP-API hosts").
+//! SP-API hosts and AWS regions per region and environment (docs/amazon.md, "SP-API hosts").
 
 use reqwest::Url;
 use serde::Serialize;

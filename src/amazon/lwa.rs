@@ -1,6 +1,6 @@
 //! The Login with Amazon token exchange (`grant_type=refresh_token`).
 //!
-//! Every answer is classified on LWA's `error` field, not the HTTP status (AMAZON.md):
+//! Every answer is classified on LWA's `error` field, not the HTTP status (docs/amazon.md):
 //! a rejected refresh token or client is final; an outage is retried here a few times
 //! with jittered exponential backoff, then reported as `Unavailable`. No error message
 //! carries a secret: what LWA says back is scrubbed of what we sent.

@@ -1,4 +1,4 @@
-//! Amazon's identifiers and credentials, in the formats AMAZON.md documents.
+//! Amazon's identifiers and credentials, in the formats docs/amazon.md lists.
 
 use std::fmt;
 

@@ -67,7 +67,7 @@ impl ConnectionName {
     }
 }
 
-/// Where the connection stands with Amazon; see SPEC.md "Status".
+/// Where the connection stands with Amazon; see docs/amazon.md, "Connection status".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {

@@ -1,5 +1,5 @@
 //! A fake Login with Amazon: a real HTTP server on loopback speaking the token endpoint as
-//! AMAZON.md documents it. It counts calls per refresh token and can be told to fail.
+//! docs/amazon.md describes it. It counts calls per refresh token and can be told to fail.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
