@@ -174,9 +174,9 @@ async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     assert_eq!(fake.calls(), 3);
 }
 
-/// Catches: the cache stamp taken when a fetch ends, and the refresher pruning
-/// invalidations too recent to forget instead of when it begins (a fetch
-/// overtaken by a change would cache what it fetched).
+/// Catches: the cache stamp taken when a fetch ends instead of when it begins, and the
+/// refresher pruning invalidations too recent to forget (either way a fetch overtaken by
+/// a change would cache what it fetched).
 async fn a_fetch_overtaken_by_a_change_does_not_cache_its_token() {
     let fake = FakeLwa::start().await;
     fake.set_delay(Duration::from_millis(1000));
