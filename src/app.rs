@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::amazon::endpoints::SpApiHosts;
 use crate::amazon::lwa::LwaClient;
-use crate::auth::ApiKeyVerifier;
+use crate::api_keys::ApiKeys;
 use crate::config::{Config, DatabaseUrl};
 use crate::connections::Connections;
 use crate::crypto::{Field, Keyring};
@@ -26,7 +26,7 @@ use crate::tokens::TokenService;
 pub struct AppState {
     pub store: Store,
     pub connections: Connections,
-    pub api_keys: ApiKeyVerifier,
+    pub api_keys: ApiKeys,
     pub tokens: TokenService,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
@@ -41,18 +41,12 @@ pub struct Application {
 impl Application {
     /// Opens and migrates the database, proves the master keys, provisions API keys and
     /// binds the listener. Every failure here is a start-up error with a clear message.
-    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
-        let keyring = Arc::new(config.load_keyring()?);
-        let store = Store::open(config.database_url.as_str())
-            .await
-            .context("DATABASE_URL: cannot open the database")?;
-        store
-            .migrate()
-            .await
-            .context("cannot migrate the database")?;
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let keyring = Arc::new(config.master_keys.load()?);
+        let store = open_database(&config.database_url).await?;
         verify_master_keys(&store, &keyring).await?;
 
-        let api_keys = ApiKeyVerifier::new(store.clone());
+        let api_keys = ApiKeys::new(store.clone());
         if let Some(token) = &config.bootstrap_admin_key {
             api_keys
                 .ensure_bootstrap_admin(token)
@@ -113,6 +107,19 @@ impl Application {
     }
 }
 
+/// Connects to the database and brings its schema up to date: what serving and every
+/// subcommand do first.
+pub async fn open_database(url: &DatabaseUrl) -> anyhow::Result<Store> {
+    let store = Store::open(url)
+        .await
+        .context("DATABASE_URL: cannot open the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
+}
+
 /// Each master key seals a known text once; at start-up each must open its own, and every
 /// key that ever sealed data here must still be configured.
 async fn verify_master_keys(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
@@ -155,7 +162,7 @@ async fn verify_master_keys(store: &Store, keyring: &Keyring) -> anyhow::Result<
 }
 
 /// The embedded default with no key at all: make one admin key and show it once.
-async fn create_first_admin_key(store: &Store, api_keys: &ApiKeyVerifier) -> anyhow::Result<()> {
+async fn create_first_admin_key(store: &Store, api_keys: &ApiKeys) -> anyhow::Result<()> {
     if store.has_api_keys().await? {
         return Ok(());
     }

@@ -2,23 +2,22 @@
 
 use anyhow::Context;
 
-use crate::app::Application;
-use crate::auth::ApiKeyVerifier;
+use crate::app::{Application, open_database};
+use crate::api_keys::ApiKeys;
 use crate::cli::{ApiKeysCommand, Cli, Command};
 use crate::config::Config;
 use crate::domain::{ApiKeyId, ApiKeyName, Scope};
-use crate::store::Store;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_settings(&cli.settings)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            open_store(&config).await?;
+            open_database(&config.database_url).await?;
             println!("migrations applied");
             Ok(())
         }
-        Command::ApiKeys(command) => api_keys(&config, command).await,
+        Command::ApiKeys(command) => manage_api_keys(&config, command).await,
     }
 }
 
@@ -50,19 +49,8 @@ async fn shutdown_signal() {
     tracing::info!("shutting down; letting in-flight requests finish");
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::open(config.database_url.as_str())
-        .await
-        .context("DATABASE_URL: cannot open the database")?;
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
-    Ok(store)
-}
-
-async fn api_keys(config: &Config, command: ApiKeysCommand) -> anyhow::Result<()> {
-    let verifier = ApiKeyVerifier::new(open_store(config).await?);
+async fn manage_api_keys(config: &Config, command: ApiKeysCommand) -> anyhow::Result<()> {
+    let api_keys = ApiKeys::new(open_database(&config.database_url).await?);
     match command {
         ApiKeysCommand::Create { name, scopes } => {
             let name = ApiKeyName::parse(&name).map_err(|err| anyhow::anyhow!("--name {err}"))?;
@@ -72,12 +60,12 @@ async fn api_keys(config: &Config, command: ApiKeysCommand) -> anyhow::Result<()
                     Scope::parse(scope).map_err(|err| anyhow::anyhow!("--scope `{scope}` {err}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let created = verifier.create(name, scopes).await?;
+            let created = api_keys.create(name, scopes).await?;
             eprintln!("created API key {} (shown only this once):", created.key.id);
             println!("{}", created.token.expose());
         }
         ApiKeysCommand::List => {
-            for key in verifier.list().await? {
+            for key in api_keys.list().await? {
                 let scopes: Vec<_> = key.scopes.iter().map(|scope| scope.as_str()).collect();
                 println!(
                     "{}\t{}…\t{}\t{}\t{}",
@@ -91,7 +79,7 @@ async fn api_keys(config: &Config, command: ApiKeysCommand) -> anyhow::Result<()
         }
         ApiKeysCommand::Revoke { id } => {
             let id = ApiKeyId::parse(&id).map_err(|err| anyhow::anyhow!("id {err}"))?;
-            verifier
+            api_keys
                 .revoke(id)
                 .await
                 .with_context(|| format!("cannot revoke {id}"))?;

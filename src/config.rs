@@ -47,12 +47,17 @@ const REQUEST_TIMEOUT: &str = "REGISTRY_REQUEST_TIMEOUT (--request-timeout)";
 /// Bounds of `REGISTRY_REQUEST_TIMEOUT`, in seconds.
 const REQUEST_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=600;
 
+/// `DATABASE_URL`, parsed: which backend, and its connect options.
 #[derive(Clone)]
 pub enum DatabaseUrl {
-    Postgres(String),
+    Postgres {
+        url: String,
+        options: PgConnectOptions,
+    },
     /// `dir` is where the database file lives; a generated master key goes beside it.
     Sqlite {
         url: String,
+        options: SqliteConnectOptions,
         dir: PathBuf,
     },
 }
@@ -73,9 +78,12 @@ impl std::fmt::Debug for DatabaseUrl {
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            PgConnectOptions::from_str(url)
+            let options = PgConnectOptions::from_str(url)
                 .map_err(|err| ConfigError::new(DATABASE_URL, err.to_string()))?;
-            Ok(Self::Postgres(url.to_owned()))
+            Ok(Self::Postgres {
+                url: url.to_owned(),
+                options,
+            })
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|err| ConfigError::new(DATABASE_URL, err.to_string()))?;
@@ -86,6 +94,7 @@ impl DatabaseUrl {
                 .unwrap_or_default();
             Ok(Self::Sqlite {
                 url: url.to_owned(),
+                options,
                 dir,
             })
         } else {
@@ -98,7 +107,26 @@ impl DatabaseUrl {
 
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Postgres(url) | Self::Sqlite { url, .. } => url,
+            Self::Postgres { url, .. } | Self::Sqlite { url, .. } => url,
+        }
+    }
+}
+
+/// Where the master keys come from, settled once at start-up.
+#[derive(Debug)]
+pub enum MasterKeys {
+    /// `REGISTRY_MASTER_KEYS`.
+    Configured(Keyring),
+    /// Embedded SQLite without `REGISTRY_MASTER_KEYS`: the key file beside the database,
+    /// generated on first start with a loud warning.
+    LocalFile(PathBuf),
+}
+
+impl MasterKeys {
+    pub fn load(self) -> Result<Keyring, ConfigError> {
+        match self {
+            Self::Configured(keyring) => Ok(keyring),
+            Self::LocalFile(path) => load_or_generate_local_key(&path),
         }
     }
 }
@@ -107,7 +135,7 @@ impl DatabaseUrl {
 pub struct Config {
     pub database_url: DatabaseUrl,
     pub listen: SocketAddr,
-    master_keys: Option<Keyring>,
+    pub master_keys: MasterKeys,
     pub bootstrap_admin_key: Option<ApiKeyToken>,
     pub lwa_token_url: Url,
     pub spapi_url: Option<Url>,
@@ -136,19 +164,19 @@ impl Config {
                 ),
             )
         })?;
-        let master_keys = settings
-            .master_keys
-            .as_deref()
-            .map(|spec| {
-                Keyring::parse(spec).map_err(|err| ConfigError::new(MASTER_KEYS, err.to_string()))
-            })
-            .transpose()?;
-        if master_keys.is_none() && matches!(database_url, DatabaseUrl::Postgres(_)) {
-            return Err(ConfigError::new(
-                MASTER_KEYS,
-                "required with Postgres; generate one with: echo \"k1:$(openssl rand -base64 32)\"",
-            ));
-        }
+        let master_keys = match (settings.master_keys.as_deref(), &database_url) {
+            (Some(spec), _) => MasterKeys::Configured(
+                Keyring::parse(spec)
+                    .map_err(|err| ConfigError::new(MASTER_KEYS, err.to_string()))?,
+            ),
+            (None, DatabaseUrl::Sqlite { dir, .. }) => MasterKeys::LocalFile(dir.join("master.key")),
+            (None, DatabaseUrl::Postgres { .. }) => {
+                return Err(ConfigError::new(
+                    MASTER_KEYS,
+                    "required with Postgres; generate one with: echo \"k1:$(openssl rand -base64 32)\"",
+                ));
+            }
+        };
         let bootstrap_admin_key = settings
             .bootstrap_admin_key
             .as_deref()
@@ -172,18 +200,6 @@ impl Config {
             lwa: LwaSettings::default(),
             tokens: TokenSettings::default().within_request_timeout(request_timeout),
         })
-    }
-
-    /// The configured master keys or, for embedded SQLite only, the key kept in the data
-    /// directory (generated on first start with a loud warning).
-    pub fn load_keyring(&mut self) -> Result<Keyring, ConfigError> {
-        if let Some(keyring) = self.master_keys.take() {
-            return Ok(keyring);
-        }
-        let DatabaseUrl::Sqlite { dir, .. } = &self.database_url else {
-            unreachable!("from_settings requires master keys with Postgres");
-        };
-        load_or_generate_local_key(&dir.join("master.key"))
     }
 }
 
@@ -344,8 +360,8 @@ mod tests {
     fn embedded_default_generates_a_private_key_once() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/registry.db", dir.path().display());
-        let mut first = config(&["--database-url", &url]).unwrap();
-        let keyring = first.load_keyring().unwrap();
+        let first = config(&["--database-url", &url]).unwrap();
+        let keyring = first.master_keys.load().unwrap();
         assert_eq!(keyring.primary_id(), GENERATED_KEY_ID);
         let path = dir.path().join("master.key");
         #[cfg(unix)]
@@ -355,8 +371,8 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let before = std::fs::read_to_string(&path).unwrap();
-        let mut second = config(&["--database-url", &url]).unwrap();
-        second.load_keyring().unwrap();
+        let second = config(&["--database-url", &url]).unwrap();
+        second.master_keys.load().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     }
 }

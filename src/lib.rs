@@ -2,8 +2,8 @@
 //! short-lived Login-with-Amazon access tokens to sync workers. See README.md and docs/.
 
 pub mod amazon;
+pub mod api_keys;
 pub mod app;
-pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;

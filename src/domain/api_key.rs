@@ -8,9 +8,8 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use super::{ParseError, parse_enum};
+use super::{ApiKeyId, ParseError, parse_enum};
 
 /// Recognisable in a leak scan (like GitHub's `ghp_`).
 pub const API_KEY_PREFIX: &str = "crk_";
@@ -53,38 +52,6 @@ impl Scope {
         self == required
             || self == Scope::Admin
             || (self == Scope::ConnectionsWrite && required == Scope::ConnectionsRead)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct ApiKeyId(Uuid);
-
-impl ApiKeyId {
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn parse(input: &str) -> Result<Self, ParseError> {
-        Uuid::try_parse(input)
-            .map(Self)
-            .map_err(|_| ParseError::new("must be a UUID"))
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl From<Uuid> for ApiKeyId {
-    fn from(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
-}
-
-impl fmt::Display for ApiKeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
     }
 }
 
@@ -180,7 +147,7 @@ impl fmt::Debug for ApiKeyToken {
     }
 }
 
-/// SHA-256 of a key: what the database stores and the verifier caches.
+/// SHA-256 of a key: what the database stores and the API-key service caches.
 #[derive(Clone, Copy, Eq)]
 pub struct ApiKeyHash(pub [u8; 32]);
 

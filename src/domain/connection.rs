@@ -2,48 +2,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{
-    AccountType, ApplicationId, ClientId, ClientSecret, Environment, MerchantToken, ParseError,
-    RefreshToken, Region,
+    AccountType, ApplicationId, ClientId, ClientSecret, ConnectionId, Environment, MerchantToken,
+    ParseError, RefreshToken, Region,
 };
 
 /// Amazon expires LWA client secrets after 180 days.
 pub const CLIENT_SECRET_LIFETIME: Duration = Duration::days(180);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct ConnectionId(Uuid);
-
-impl ConnectionId {
-    /// UUIDv7: ids sort by creation time, which keeps cursor pagination stable.
-    pub fn generate() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    pub fn parse(input: &str) -> Result<Self, ParseError> {
-        Uuid::try_parse(input)
-            .map(Self)
-            .map_err(|_| ParseError::new("must be a UUID"))
-    }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
-}
-
-impl From<Uuid> for ConnectionId {
-    fn from(uuid: Uuid) -> Self {
-        Self(uuid)
-    }
-}
-
-impl std::fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// A display name: 1–200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

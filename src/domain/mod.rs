@@ -4,17 +4,19 @@
 mod amazon_ids;
 mod api_key;
 mod connection;
+mod id;
 mod region;
 mod token;
 
 pub use amazon_ids::{
     ApplicationId, ClientId, ClientSecret, MAX_TOKEN_LEN, MerchantToken, RefreshToken,
 };
-pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
+pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyName, ApiKeyToken, Scope};
 pub use connection::{
-    Connection, ConnectionId, ConnectionName, ConnectionPatch, ConnectionStatus, LastError,
-    NewConnection, SecretExpiry,
+    Connection, ConnectionName, ConnectionPatch, ConnectionStatus, LastError, NewConnection,
+    SecretExpiry,
 };
+pub use id::{ApiKeyId, ConnectionId, ResourceId};
 pub use region::{AccountType, Environment, Region};
 pub use token::AccessToken;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::extract::{Admin, Caller, JsonObject, PathId};
+use super::extract::{Admin, Caller, Id, JsonObject};
 use super::fields::{Fields, string};
 use crate::app::AppState;
 use crate::domain::{ApiKey, ApiKeyId, ApiKeyName, ParseError, Scope};
@@ -37,10 +37,7 @@ async fn create(
     let mut f = Fields::new(body);
     let name = f.required("name", string(ApiKeyName::parse));
     let scopes = f.required("scopes", scope_list);
-    f.finish()?;
-    let (Some(name), Some(scopes)) = (name, scopes) else {
-        unreachable!("finish() fails when a required field is missing");
-    };
+    let (name, scopes) = f.build(|| Some((name?, scopes?)))?;
     let created = state.api_keys.create(name, scopes).await?;
     let body = CreatedKey {
         key: &created.key,
@@ -72,13 +69,9 @@ async fn list(
 async fn revoke(
     _caller: Caller<Admin>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ApiKeyId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::NotFound("API key"))?;
-    state.api_keys.revoke(id).await.map_err(|err| match err {
-        crate::store::StoreError::NotFound => ApiError::NotFound("API key"),
-        other => other.into(),
-    })?;
+    state.api_keys.revoke(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::extract::{Caller, ConnectionsRead, ConnectionsWrite, JsonObject, PathId, QueryFields};
+use super::extract::{Caller, ConnectionsRead, ConnectionsWrite, Id, JsonObject, QueryFields};
 use super::fields::{Fields, integer_in, string, timestamp};
 use crate::app::AppState;
 use crate::connections::IdempotencyKey;
@@ -81,18 +81,17 @@ async fn list(
 async fn show(
     _caller: Caller<ConnectionsRead>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ConnectionId>,
 ) -> Result<Json<Connection>, ApiError> {
-    Ok(Json(state.connections.get(connection_id(&id)?).await?))
+    Ok(Json(state.connections.get(id).await?))
 }
 
 async fn update(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ConnectionId>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Connection>, ApiError> {
-    let id = connection_id(&id)?;
     let patch = parse_patch(body)?;
     Ok(Json(state.connections.update(id, patch).await?))
 }
@@ -100,15 +99,10 @@ async fn update(
 async fn remove(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ConnectionId>,
 ) -> Result<StatusCode, ApiError> {
-    state.connections.delete(connection_id(&id)?).await?;
+    state.connections.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A malformed id names no connection: 404, like an unknown one.
-pub fn connection_id(raw: &str) -> Result<ConnectionId, ApiError> {
-    ConnectionId::parse(raw).map_err(|_| ApiError::NotFound("connection"))
 }
 
 fn parse_new_connection(body: Map<String, Value>) -> Result<NewConnection, ApiError> {
@@ -123,36 +117,19 @@ fn parse_new_connection(body: Map<String, Value>) -> Result<NewConnection, ApiEr
     let refresh_token = f.required("refresh_token", string(RefreshToken::parse));
     let merchant_token = f.required("merchant_token", string(MerchantToken::parse));
     let application_id = f.optional("application_id", string(ApplicationId::parse));
-    f.finish()?;
-    let (
-        Some(region),
-        Some(environment),
-        Some(client_id),
-        Some(client_secret),
-        Some(refresh_token),
-        Some(merchant_token),
-    ) = (
-        region,
-        environment,
-        client_id,
-        client_secret,
-        refresh_token,
-        merchant_token,
-    )
-    else {
-        unreachable!("finish() fails when a required field is missing");
-    };
-    Ok(NewConnection {
-        name,
-        account_type: account_type.unwrap_or_default(),
-        region,
-        environment,
-        client_id,
-        client_secret,
-        client_secret_expires_at,
-        refresh_token,
-        merchant_token,
-        application_id,
+    f.build(|| {
+        Some(NewConnection {
+            name,
+            account_type: account_type.unwrap_or_default(),
+            region: region?,
+            environment: environment?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            client_secret_expires_at,
+            refresh_token: refresh_token?,
+            merchant_token: merchant_token?,
+            application_id,
+        })
     })
 }
 
@@ -170,8 +147,7 @@ fn parse_patch(body: Map<String, Value>) -> Result<ConnectionPatch, ApiError> {
         merchant_token: f.replaceable("merchant_token", string(MerchantToken::parse)),
         application_id: f.clearable("application_id", string(ApplicationId::parse)),
     };
-    f.finish()?;
-    Ok(patch)
+    f.build(|| Some(patch))
 }
 
 /// `Idempotency-Key`, scoped to the caller's API key, with a hash of the request body.

@@ -1,17 +1,24 @@
-//! `ApiError`: every failure a handler can return, turned into `application/problem+json`
-//! (RFC 9457) here and nowhere else. Internal causes are logged once and never sent.
+//! `ApiError`: every failure a handler can return, and every conversion into it, turned
+//! into `application/problem+json` (RFC 9457) here and nowhere else.
+//!
+//! Conversions only translate; the cause of a 500 or a 503 from the database is logged
+//! once, when the response is rendered, and never sent.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::amazon::lwa::LwaError;
+use crate::api_keys::ApiKeyError;
 use crate::connections::ConnectionError;
 use crate::crypto::CryptoError;
 use crate::domain::Scope;
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 
-/// Seconds a client should wait before retrying when the database is unavailable.
-const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+/// Seconds a client should wait before retrying when the database is unavailable, or when
+/// LWA is and gave no `Retry-After`.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FieldError {
@@ -51,8 +58,9 @@ pub enum ApiError {
     },
     #[error("no route for this method and path")]
     MethodNotAllowed,
+    /// The cause is logged, not sent.
     #[error("the database is unavailable")]
-    DatabaseUnavailable,
+    DatabaseUnavailable(String),
     #[error("the request took too long; retry later")]
     Timeout,
     #[error("internal error")]
@@ -82,7 +90,7 @@ impl ApiError {
             Self::Refused { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::RetryLater { status, code, .. } => (*status, code),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
+            Self::DatabaseUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -104,8 +112,12 @@ struct Problem<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "request failed"),
+            Self::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+            }
+            _ => {}
         }
         let detail = match &self {
             Self::Validation(errors) => {
@@ -136,10 +148,10 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::DatabaseUnavailable | Self::Timeout => {
+            Self::DatabaseUnavailable(_) | Self::Timeout => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(DATABASE_RETRY_AFTER_SECS),
+                    HeaderValue::from(DEFAULT_RETRY_AFTER_SECS),
                 );
             }
             Self::RetryLater {
@@ -153,20 +165,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// One mapping for a store error, whether the handler owns it or shares it with the other
+/// callers of one token fetch.
+fn store_error(err: &StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound => ApiError::NotFound("resource"),
+        StoreError::Unavailable(cause) => ApiError::DatabaseUnavailable(cause.to_string()),
+        StoreError::Conflict => ApiError::Conflict {
+            code: "conflict",
+            detail: "the resource changed concurrently; retry".into(),
+        },
+        // Only token locks wait: another replica's LWA exchange for this connection is slow.
+        StoreError::Busy => ApiError::RetryLater {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "token_fetch_in_progress",
+            detail: "another replica is still fetching this connection's token; retry".into(),
+            retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+        },
+        other => ApiError::Internal(anyhow::anyhow!("storage failed: {other}")),
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::NotFound => Self::NotFound("resource"),
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                Self::DatabaseUnavailable
-            }
-            StoreError::Conflict => Self::Conflict {
-                code: "conflict",
-                detail: "the resource changed concurrently; retry".into(),
-            },
-            other => Self::Internal(other.into()),
-        }
+        store_error(&err)
     }
 }
 
@@ -188,5 +210,78 @@ impl From<ConnectionError> for ApiError {
             ConnectionError::Store(err) => err.into(),
             ConnectionError::Crypto(err) => err.into(),
         }
+    }
+}
+
+impl From<ApiKeyError> for ApiError {
+    fn from(err: ApiKeyError) -> Self {
+        match err {
+            ApiKeyError::UnknownKey => Self::Unauthorized,
+            ApiKeyError::NotFound => Self::NotFound("API key"),
+            ApiKeyError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// How a token failure reads to a sync worker: stop and alert (409), retry later (503 or
+/// 502), or not found.
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::NotFound => Self::NotFound("connection"),
+            TokenError::NotAuthorized(status) => not_authorized(status.as_str()),
+            TokenError::Rejected(lwa) => not_authorized(match lwa {
+                LwaError::InvalidGrant(_) => "refresh_token_invalid",
+                _ => "client_credentials_invalid",
+            }),
+            TokenError::Upstream(lwa) => {
+                let (status, retry_after) = match &lwa {
+                    LwaError::Unavailable { retry_after, .. } => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        retry_after.map(|wait| wait.as_secs()),
+                    ),
+                    _ => (StatusCode::BAD_GATEWAY, None),
+                };
+                Self::RetryLater {
+                    status,
+                    code: lwa.code(),
+                    detail: lwa.to_string(),
+                    retry_after_secs: retry_after.unwrap_or(DEFAULT_RETRY_AFTER_SECS).max(1),
+                }
+            }
+            TokenError::ChangedDuringFetch => Self::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "concurrent_update",
+                detail: "the connection changed while its token was fetched; retry".into(),
+                retry_after_secs: 1,
+            },
+            TokenError::Store(err) => store_error(&err),
+            TokenError::Crypto(err) => err.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// How a token failure reads to whoever asked to authorize: Amazon refusing the
+    /// credentials is the answer to the request (422 with LWA's code), not a broken
+    /// connection to stop on.
+    pub fn from_authorization(err: TokenError) -> Self {
+        match err {
+            TokenError::Rejected(lwa) => Self::Refused {
+                code: lwa.code(),
+                detail: lwa.to_string(),
+            },
+            other => other.into(),
+        }
+    }
+}
+
+fn not_authorized(status: &str) -> ApiError {
+    ApiError::Conflict {
+        code: "connection_not_authorized",
+        detail: format!(
+            "the connection's status is `{status}`: Amazon refused its credentials; stop and \
+             alert, a person must re-authorize or fix the connection"
+        ),
     }
 }

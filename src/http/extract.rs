@@ -11,8 +11,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::fields::Fields;
 use crate::app::AppState;
-use crate::auth::AuthError;
-use crate::domain::{ApiKey, ApiKeyToken, Scope};
+use crate::domain::{ApiKey, ApiKeyToken, ResourceId, Scope};
 
 /// Largest request body accepted; a connection's form is a few kilobytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -76,18 +75,20 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryFields {
     }
 }
 
-/// The `{id}` of a path as text. A path that is not even text (`/connections/%FF`) names
-/// nothing: 404, like an unknown id.
-pub struct PathId(pub String);
+/// The `{id}` of a path, parsed into its resource's id type. A malformed id, or a path
+/// that is not even text (`/connections/%FF`), names nothing: 404, like an unknown id.
+pub struct Id<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for PathId {
+impl<S: Send + Sync, T: ResourceId> FromRequestParts<S> for Id<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<String>::from_request_parts(parts, state)
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map(|Path(id)| Self(id))
-            .map_err(|_| ApiError::NotFound("resource"))
+            .map_err(|_| ApiError::NotFound(T::RESOURCE))?;
+        T::parse(&raw)
+            .map(Self)
+            .map_err(|_| ApiError::NotFound(T::RESOURCE))
     }
 }
 
@@ -136,14 +137,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .and_then(|(_, token)| ApiKeyToken::parse(token.trim()).ok())
             .ok_or(ApiError::Unauthorized)?;
-        let key = state
-            .api_keys
-            .verify(&presented)
-            .await
-            .map_err(|err| match err {
-                AuthError::UnknownKey => ApiError::Unauthorized,
-                AuthError::Store(err) => err.into(),
-            })?;
+        let key = state.api_keys.verify(&presented).await?;
         if let Some(scope) = S::SCOPE.filter(|scope| !key.allows(*scope)) {
             return Err(ApiError::Forbidden(scope));
         }

@@ -92,6 +92,18 @@ impl Fields {
         }
     }
 
+    /// Builds the parsed value once every field parsed and none was left over. `make`
+    /// runs only then, so each required field it unwraps with `?` is there: a `None`
+    /// from it is a bug in the handler, answered 500 rather than a panic.
+    pub fn build<T>(self, make: impl FnOnce() -> Option<T>) -> Result<T, ApiError> {
+        self.finish()?;
+        make().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "a request parser unwrapped a field it did not require"
+            ))
+        })
+    }
+
     /// Ok when every field parsed and none was left over (unknown or read-only).
     pub fn finish(mut self) -> Result<(), ApiError> {
         let mut leftover: Vec<_> = self.map.keys().cloned().collect();

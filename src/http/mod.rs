@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -28,6 +29,20 @@ pub fn router(state: AppState) -> Router {
     // No request may hold a connection longer than this; by default above the longest
     // LWA exchange (three attempts with their timeouts and backoff).
     let request_timeout = state.request_timeout;
+    // Outermost first: a request passes these top to bottom, its response bottom to top.
+    let layers = ServiceBuilder::new()
+        // Before anything else, so every log line and every response carries the id.
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // Inside the trace, so a timed-out request is logged with its 503.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            time_limit(request_timeout, request, next)
+        }))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
     Router::new()
         .merge(health::router())
         .merge(connections::router())
@@ -36,36 +51,28 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            time_limit(request_timeout, request, next)
-        }))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("");
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("", MatchedPath::as_str);
-                // The path, never the query string or headers: no secret can reach a log.
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    route,
-                    path = %request.uri().path(),
-                    request_id,
-                )
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(layers)
+}
+
+/// The span of one request: the path, never the query string or headers, so no secret
+/// can reach a log.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        path = %request.uri().path(),
+        request_id,
+    )
 }
 
 /// Answers `request_timeout` (503, problem+json) when a request outlives `limit`.

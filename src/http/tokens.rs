@@ -2,28 +2,23 @@
 //! `GET /connections/{id}/token` for sync workers (the hot path).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::connections::connection_id;
 use super::error::ApiError;
-use super::extract::{Caller, ConnectionsWrite, PathId, QueryFields, TokensRead};
+use super::extract::{Caller, ConnectionsWrite, Id, QueryFields, TokensRead};
 use super::fields::{integer_in, string};
-use crate::amazon::lwa::LwaError;
 use crate::app::AppState;
-use crate::domain::{Connection, Environment, MerchantToken, ParseError, Region, now};
-use crate::store::StoreError;
-use crate::tokens::{Served, TokenError};
+use crate::domain::{Connection, ConnectionId, Environment, MerchantToken, ParseError, Region, now};
+use crate::tokens::Served;
 
 const DEFAULT_MIN_TTL: u64 = 60;
 /// A fresh LWA token lives 3600 s; asking for more than this could never be met.
 const MAX_MIN_TTL: u64 = 3000;
-/// When LWA gave no `Retry-After`.
-const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -34,16 +29,13 @@ pub fn router() -> Router<AppState> {
 async fn authorize(
     _caller: Caller<ConnectionsWrite>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ConnectionId>,
 ) -> Result<Json<Connection>, ApiError> {
-    let id = connection_id(&id)?;
-    state.tokens.authorize(id).await.map_err(|err| match err {
-        TokenError::Rejected(lwa) => ApiError::Refused {
-            code: lwa.code(),
-            detail: lwa.to_string(),
-        },
-        other => token_error(other),
-    })?;
+    state
+        .tokens
+        .authorize(id)
+        .await
+        .map_err(ApiError::from_authorization)?;
     Ok(Json(state.connections.get(id).await?))
 }
 
@@ -64,10 +56,9 @@ struct TokenBody<'a> {
 async fn token(
     _caller: Caller<TokensRead>,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    Id(id): Id<ConnectionId>,
     QueryFields(mut query): QueryFields,
 ) -> Result<Response, ApiError> {
-    let id = connection_id(&id)?;
     let min_ttl = query.optional("min_ttl", integer_in(0..=MAX_MIN_TTL));
     let force_refresh = query.optional("force_refresh", string(boolean));
     query.finish()?;
@@ -75,8 +66,7 @@ async fn token(
     let (grant, served) = state
         .tokens
         .get(id, min_ttl, force_refresh.unwrap_or(false))
-        .await
-        .map_err(token_error)?;
+        .await?;
     let body = TokenBody {
         access_token: grant.token.expose(),
         token_type: "bearer",
@@ -110,65 +100,5 @@ fn boolean(input: &str) -> Result<bool, ParseError> {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
         _ => Err(ParseError::new("must be `true` or `false`")),
-    }
-}
-
-/// How a token failure reads to a worker: stop (409), retry later (503), or not found.
-fn token_error(err: TokenError) -> ApiError {
-    match err {
-        TokenError::NotFound => ApiError::NotFound("connection"),
-        TokenError::NotAuthorized(status) => not_authorized(status.as_str()),
-        TokenError::Rejected(lwa) => not_authorized(match lwa {
-            LwaError::InvalidGrant(_) => "refresh_token_invalid",
-            _ => "client_credentials_invalid",
-        }),
-        TokenError::Upstream(lwa) => {
-            let (status, retry_after) = match &lwa {
-                LwaError::Unavailable { retry_after, .. } => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    retry_after.map(|wait| wait.as_secs()),
-                ),
-                _ => (StatusCode::BAD_GATEWAY, None),
-            };
-            ApiError::RetryLater {
-                status,
-                code: lwa.code(),
-                detail: lwa.to_string(),
-                retry_after_secs: retry_after.unwrap_or(DEFAULT_RETRY_AFTER_SECS).max(1),
-            }
-        }
-        // Shared by every caller of one flight, hence by reference.
-        TokenError::Store(err) => match &*err {
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                ApiError::DatabaseUnavailable
-            }
-            // The connection changed twice while its token was being fetched.
-            StoreError::Conflict => ApiError::RetryLater {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "concurrent_update",
-                detail: "the connection changed while its token was fetched; retry".into(),
-                retry_after_secs: 1,
-            },
-            // Another replica's LWA exchange for this connection is taking long.
-            StoreError::Busy => ApiError::RetryLater {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "token_fetch_in_progress",
-                detail: "another replica is still fetching this connection's token; retry".into(),
-                retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
-            },
-            _ => ApiError::Internal(anyhow::anyhow!("storage failed: {err}")),
-        },
-        TokenError::Crypto(err) => err.into(),
-    }
-}
-
-fn not_authorized(status: &str) -> ApiError {
-    ApiError::Conflict {
-        code: "connection_not_authorized",
-        detail: format!(
-            "the connection's status is `{status}`: Amazon refused its credentials; stop and \
-             alert, a person must re-authorize or fix the connection"
-        ),
     }
 }

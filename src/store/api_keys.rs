@@ -41,7 +41,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every key that is not revoked, with its hash: what the verifier keeps in memory.
+    /// Every key that is not revoked, with its hash: what the API-key service keeps in memory.
     pub async fn active_api_keys(&self) -> Result<Vec<(ApiKeyHash, ApiKey)>, StoreError> {
         let sql = "SELECT id, name, hash, prefix, scopes, created_at FROM api_keys \
                    WHERE revoked_at IS NULL ORDER BY id";

@@ -22,6 +22,7 @@ macro_rules! notify_change {
 
 use sqlx::{PgPool, SqlitePool};
 
+use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
 pub use tokens::{Change, ChangeListener, TokenLock};
@@ -39,8 +40,6 @@ pub enum StoreError {
     /// The database cannot be reached; worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
-    #[error("DATABASE_URL is not usable: {0}")]
-    BadUrl(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -164,19 +163,21 @@ const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type 
     WHERE id = $1 AND version = $25 - 1";
 
 impl Store {
-    /// Opens `url` (`postgres://…` or `sqlite://…`) and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        if url.starts_with("sqlite:") {
-            return Ok(Self {
-                pool: Pool::Sqlite(sqlite::connect(url).await?),
+    /// Connects to the database `url` names; `migrate` brings its schema up to date.
+    pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
+        match url {
+            DatabaseUrl::Sqlite { options, .. } => Ok(Self {
+                pool: Pool::Sqlite(sqlite::connect(options.clone()).await?),
                 token_locks: None,
-            });
+            }),
+            DatabaseUrl::Postgres { options, .. } => {
+                let (pool, token_locks) = postgres::connect(options.clone()).await?;
+                Ok(Self {
+                    pool: Pool::Postgres(pool),
+                    token_locks: Some(token_locks),
+                })
+            }
         }
-        let (pool, token_locks) = postgres::connect(url).await?;
-        Ok(Self {
-            pool: Pool::Postgres(pool),
-            token_locks: Some(token_locks),
-        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

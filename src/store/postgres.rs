@@ -1,6 +1,5 @@
 //! Postgres: the production backend, shared by several replicas.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -14,9 +13,7 @@ pub(super) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The pool for every query, and a separate one for token locks: a lock's transaction
 /// stays open while LWA answers (seconds when it is slow), and an LWA outage must not
 /// take the connections that reads, writes and readiness need.
-pub(super) async fn connect(url: &str) -> Result<(PgPool, PgPool), StoreError> {
-    let options =
-        PgConnectOptions::from_str(url).map_err(|err| StoreError::BadUrl(err.to_string()))?;
+pub(super) async fn connect(options: PgConnectOptions) -> Result<(PgPool, PgPool), StoreError> {
     let main = PgPoolOptions::new()
         .max_connections(16)
         // Fail fast when the database is down: callers answer 503 rather than hang.

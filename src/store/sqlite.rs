@@ -1,6 +1,5 @@
 //! SQLite: the embedded default, for one process on one machine.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
@@ -11,9 +10,8 @@ use super::StoreError;
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
-    let options = SqliteConnectOptions::from_str(url)
-        .map_err(|err| StoreError::BadUrl(err.to_string()))?
+pub(super) async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    let options = options
         .create_if_missing(true)
         // WAL lets the operator's subcommands read and write while the server runs.
         .journal_mode(SqliteJournalMode::Wal)

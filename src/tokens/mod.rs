@@ -4,11 +4,12 @@
 //!
 //! The hot path (`TokenService::get` with a good cached token) reads one map under a
 //! short lock: no database, no network, no decryption. A miss starts, or joins, the one
-//! fetch for that connection (`flight.rs`): callers in this process share its result,
-//! and on Postgres the fetch takes a cross-replica lock before it calls LWA, so replicas
-//! share one LWA call too.
+//! fetch for that connection (the mechanism in `flight.rs`, what a fetch does in
+//! `fetch.rs`): callers in this process share its result, and on Postgres the fetch takes
+//! a cross-replica lock before it calls LWA, so replicas share one LWA call too.
 
 mod cache;
+mod fetch;
 mod flight;
 mod refresh;
 mod settings;
@@ -43,6 +44,9 @@ pub enum TokenError {
     /// LWA is failing or answered nonsense; the status is unchanged.
     #[error(transparent)]
     Upstream(LwaError),
+    /// The connection changed twice while its token was being fetched.
+    #[error("the connection changed while its token was fetched")]
+    ChangedDuringFetch,
     /// Shared by every caller of one fetch, hence behind an `Arc`.
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -57,7 +61,7 @@ impl TokenError {
             Self::NotFound => "not_found",
             Self::NotAuthorized(_) => "not_authorized",
             Self::Rejected(err) | Self::Upstream(err) => err.code(),
-            Self::Store(_) => "store",
+            Self::ChangedDuringFetch | Self::Store(_) => "store",
             Self::Crypto(_) => "crypto",
         }
     }
@@ -116,12 +120,21 @@ struct Need {
 }
 
 impl Need {
-    fn accepts(&self, token: &AccessToken, now: DateTime<Utc>) -> bool {
-        token.expires_at > now
-            && token.expires_at - now >= TimeDelta::seconds(self.min_remaining_secs)
-            && self
-                .fetched_since
-                .is_none_or(|since| token.fetched_at >= since)
+    /// Whether a token fetched at `fetched_at` and expiring at `expires_at` will do at
+    /// `now`: the one rule, for cached and for stored tokens alike.
+    fn accepts(
+        &self,
+        fetched_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        expires_at > now
+            && expires_at - now >= TimeDelta::seconds(self.min_remaining_secs)
+            && self.fetched_since.is_none_or(|since| fetched_at >= since)
+    }
+
+    fn accepts_token(&self, token: &AccessToken, now: DateTime<Utc>) -> bool {
+        self.accepts(token.fetched_at, token.expires_at, now)
     }
 }
 
@@ -181,15 +194,19 @@ impl TokenService {
         let cached = self.inner.cache.get(id);
         if let Some(grant) = cached
             .as_ref()
-            .filter(|grant| need.accepts(&grant.token, now))
+            .filter(|grant| need.accepts_token(&grant.token, now))
         {
             grant.touch(now);
             count_served(Served::Memory);
             return Ok((grant.clone(), Served::Memory));
         }
-        let (grant, served) = match self.fly(id, need).await {
+        let (grant, served) = match self.fetch_shared(id, need).await {
             Ok(grant) => (grant, Served::Fetched),
-            Err(err @ (TokenError::Upstream(_) | TokenError::Store(_))) => {
+            Err(
+                err @ (TokenError::Upstream(_)
+                | TokenError::ChangedDuringFetch
+                | TokenError::Store(_)),
+            ) => {
                 // A worker that reported this token as rejected gains nothing from it.
                 let usable = cached.filter(|grant| {
                     !force_refresh && grant.token.expires_at > crate::domain::now()
@@ -224,7 +241,7 @@ impl TokenService {
         // Its own fetch: one under way for workers would not call LWA for a refused
         // connection. Workers arriving now join this one instead.
         self.inner.flights.detach(id);
-        self.fly(id, need).await
+        self.fetch_shared(id, need).await
     }
 
     /// Drops this connection's token from this process, and stops fetches under way from
@@ -237,10 +254,13 @@ impl TokenService {
     /// Joins or starts the fetch for `id`. A joined fetch may have served a weaker need
     /// (less life left, or a cached token for a forced refresh): then one more fetch is
     /// made for this caller.
-    async fn fly(&self, id: ConnectionId, need: Need) -> Result<Arc<Grant>, TokenError> {
+    async fn fetch_shared(&self, id: ConnectionId, need: Need) -> Result<Arc<Grant>, TokenError> {
         for round in 0..2 {
-            match flight::join_or_start(self, id, need).await {
-                Ok(grant) if need.accepts(&grant.token, now()) => return Ok(grant),
+            let flight = self.inner.flights.join_or_start(id, || {
+                fetch::fetch_and_cache(self.clone(), id, need)
+            });
+            match flight.await {
+                Ok(grant) if need.accepts_token(&grant.token, now()) => return Ok(grant),
                 Ok(_) => {}
                 // Joined a fetch that would not call LWA for a refused connection.
                 Err(TokenError::NotAuthorized(_)) if need.ignore_status && round == 0 => {}

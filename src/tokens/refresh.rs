@@ -45,7 +45,7 @@ impl TokenService {
             };
             let service = self.clone();
             tokio::spawn(async move {
-                if let Err(err) = service.fly(id, need).await {
+                if let Err(err) = service.fetch_shared(id, need).await {
                     tracing::warn!(connection_id = %id, error = %err, "refresh ahead of expiry failed");
                 }
             });

@@ -210,7 +210,7 @@ async fn unknown_keys_are_remembered_as_unknown_for_two_seconds() {
         problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
     }
     // Two seconds on, the service asks again: the database is away, so it cannot say.
-    tokio::time::sleep(connection_registry::auth::RELOAD_INTERVAL).await;
+    tokio::time::sleep(connection_registry::api_keys::RELOAD_INTERVAL).await;
     let response = app.get("/connections", guesses[0]).await;
     problem(
         response,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use connection_registry::amazon::lwa::LwaSettings;
 use connection_registry::app::Application;
 use connection_registry::cli::Settings;
-use connection_registry::config::Config;
+use connection_registry::config::{Config, DatabaseUrl};
 use connection_registry::store::Store;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -127,7 +127,8 @@ impl TestDb {
 
     /// A direct handle on the database, for what the API cannot show.
     pub async fn store(&self) -> Store {
-        Store::open(&self.url).await.expect("open test database")
+        let url = DatabaseUrl::parse(&self.url).expect("a test database URL");
+        Store::open(&url).await.expect("open test database")
     }
 }
 

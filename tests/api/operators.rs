@@ -331,7 +331,7 @@ async fn api_keys_made_by_the_cli_work_on_a_server_until_revoked(backend: Backen
     let again = cli(&db, &["api-keys", "revoke", &id]).await;
     assert_eq!(
         again.assert_failed_in_one_line("revoking a revoked key"),
-        format!("connection-registry: cannot revoke {id}: not found")
+        format!("connection-registry: cannot revoke {id}: API key not found")
     );
 }
 
@@ -386,7 +386,7 @@ async fn api_keys_subcommands_refuse_bad_input_in_one_line_and_change_nothing(ba
     let revoke_unknown = cli(&db, &["api-keys", "revoke", &unknown.to_string()]).await;
     assert_eq!(
         revoke_unknown.assert_failed_in_one_line("revoking an unknown id"),
-        format!("connection-registry: cannot revoke {unknown}: not found")
+        format!("connection-registry: cannot revoke {unknown}: API key not found")
     );
 
     let after = cli(&db, &["api-keys", "list"]).await;

@@ -1,4 +1,5 @@
-//! API key verification without a database query per request.
+//! The API-key service: creates, lists and revokes keys, and verifies a presented key
+//! without a database query per request.
 //!
 //! Every replica keeps the active keys (by hash) in memory and reloads them every
 //! `RELOAD_INTERVAL`, so a key revoked anywhere stops working everywhere within that
@@ -19,15 +20,28 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 const UNKNOWN_KEYS_REMEMBERED: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub enum ApiKeyError {
+    /// The presented key is not an active key.
     #[error("unknown API key")]
     UnknownKey,
+    /// No key has this id.
+    #[error("API key not found")]
+    NotFound,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApiKeyError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            other => Self::Store(other),
+        }
+    }
 }
 
 #[derive(Clone)]
-pub struct ApiKeyVerifier {
+pub struct ApiKeys {
     store: Store,
     active: Arc<RwLock<HashMap<ApiKeyHash, ApiKey>>>,
     /// Keys the database did not know, and when it said so.
@@ -40,7 +54,7 @@ pub struct CreatedApiKey {
     pub token: ApiKeyToken,
 }
 
-impl ApiKeyVerifier {
+impl ApiKeys {
     pub fn new(store: Store) -> Self {
         Self {
             store,
@@ -50,7 +64,7 @@ impl ApiKeyVerifier {
     }
 
     /// Who presented `token`. Hashes are compared in constant time (see `ApiKeyHash`).
-    pub async fn verify(&self, token: &ApiKeyToken) -> Result<ApiKey, AuthError> {
+    pub async fn verify(&self, token: &ApiKeyToken) -> Result<ApiKey, ApiKeyError> {
         let hash = token.hash();
         if let Some(key) = self.read().get(&hash) {
             return Ok(key.clone());
@@ -60,7 +74,7 @@ impl ApiKeyVerifier {
             .get(&hash)
             .is_some_and(|at| at.elapsed() < RELOAD_INTERVAL);
         if recently_unknown {
-            return Err(AuthError::UnknownKey);
+            return Err(ApiKeyError::UnknownKey);
         }
         let Some(key) = self.store.find_active_api_key(hash).await? else {
             let mut unknown = self.unknown();
@@ -68,7 +82,7 @@ impl ApiKeyVerifier {
                 unknown.clear();
             }
             unknown.insert(hash, Instant::now());
-            return Err(AuthError::UnknownKey);
+            return Err(ApiKeyError::UnknownKey);
         };
         self.write().insert(hash, key.clone());
         Ok(key)
@@ -118,7 +132,7 @@ impl ApiKeyVerifier {
     }
 
     /// Revokes in the database, and at once in this replica's memory.
-    pub async fn revoke(&self, id: ApiKeyId) -> Result<(), StoreError> {
+    pub async fn revoke(&self, id: ApiKeyId) -> Result<(), ApiKeyError> {
         self.store.revoke_api_key(id).await?;
         self.write().retain(|_, key| key.id != id);
         Ok(())

@@ -1,0 +1,246 @@
+//! What one fetch of a connection's token does, and what LWA's answer does to the
+//! connection.
+//!
+//! A fetch first reads the row without any lock: usually the token some replica stored
+//! will do. Only when LWA must be called does it take the cross-replica lock, re-read,
+//! and then exchange the refresh token, store the new token sealed and record what LWA
+//! said (`record_exchange`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use chrono::{DateTime, Utc};
+
+use super::{Grant, Need, TokenError, TokenService};
+use crate::amazon::lwa::{LwaError, LwaGrant};
+use crate::crypto::{Field, Sealed};
+use crate::domain::{
+    AccessToken, ClientSecret, ConnectionId, ConnectionStatus, LastError, RefreshToken, now,
+};
+use crate::store::{ConnectionRow, StoreError, StoredToken};
+
+/// Fetches a token meeting `need` and caches it, or drops the cached one when the
+/// connection is gone or refused.
+pub(super) async fn fetch_and_cache(
+    service: TokenService,
+    id: ConnectionId,
+    need: Need,
+) -> Result<Arc<Grant>, TokenError> {
+    let cache = &service.inner.cache;
+    let stamp = cache.stamp(id);
+    let mut result = fetch(&service, id, need).await;
+    // A PATCH landed between our read and our write: the token may stem from the old
+    // credentials. Start over once from the new row.
+    if is_conflict(&result) {
+        result = fetch(&service, id, need).await;
+    }
+    if is_conflict(&result) {
+        result = Err(TokenError::ChangedDuringFetch);
+    }
+    match &result {
+        Ok(grant) => cache.store(id, grant, stamp),
+        Err(TokenError::NotAuthorized(_) | TokenError::NotFound) => cache.remove(id),
+        Err(_) => {}
+    }
+    result
+}
+
+fn is_conflict(result: &Result<Arc<Grant>, TokenError>) -> bool {
+    matches!(result, Err(TokenError::Store(err)) if matches!(**err, StoreError::Conflict))
+}
+
+async fn fetch(
+    service: &TokenService,
+    id: ConnectionId,
+    need: Need,
+) -> Result<Arc<Grant>, TokenError> {
+    let inner = &service.inner;
+    let now = now();
+    // No lock to read: most fetches end here, with a token another fetch stored.
+    let row = inner.store.get_connection(id).await?;
+    if let Some(grant) = settle_without_lwa(service, &row, need, now)? {
+        return Ok(grant);
+    }
+    let mut lock = inner
+        .store
+        .lock_for_token(id, inner.settings.lock_wait)
+        .await?;
+    // Another replica may have fetched while we waited for the lock.
+    let mut row = lock.read(id).await?;
+    match settle_without_lwa(service, &row, need, now) {
+        Ok(None) => {}
+        Ok(Some(grant)) => {
+            lock.release().await?;
+            return Ok(grant);
+        }
+        Err(err) => {
+            lock.release().await?;
+            return Err(err);
+        }
+    }
+
+    let client_secret =
+        ClientSecret::from_stored(open(service, id, Field::ClientSecret, &row.client_secret)?);
+    let refresh_token =
+        RefreshToken::from_stored(open(service, id, Field::RefreshToken, &row.refresh_token)?);
+    let exchanged = inner
+        .lwa
+        .refresh(&row.connection.client_id, &client_secret, &refresh_token)
+        .await;
+    let outcome = record_exchange(service, &mut row, &refresh_token, exchanged, need, now);
+    let refused = matches!(outcome, Err(TokenError::Rejected(_)));
+    if refused {
+        // Every replica drops its token for this connection when this commits.
+        lock.announce_change(id).await?;
+    }
+    let written = lock.write(&row).await;
+    let released = match written {
+        Ok(()) => lock.release().await,
+        Err(err) => Err(err),
+    };
+    match (outcome, released) {
+        (Ok(token), Ok(())) => {
+            tracing::info!(connection_id = %id, "fetched an access token from LWA");
+            Ok(grant(service, &row, token, now))
+        }
+        (Ok(_), Err(err)) => Err(err.into()),
+        (Err(err), noted) => {
+            if let Err(store_err) = noted {
+                tracing::debug!(connection_id = %id, error = %store_err, "could not record the LWA failure");
+            }
+            if refused {
+                service.inner.cache.invalidate(id);
+            }
+            tracing::warn!(connection_id = %id, error = %err, "LWA exchange failed");
+            Err(err)
+        }
+    }
+}
+
+/// The rules of what LWA's answer does to the connection's row (written by the caller):
+/// - a token: stored sealed; the connection is `active`, its `last_error` cleared, a
+///   rotated refresh token kept, and `authorized_at` set when it became usable or was
+///   authorized on request (not on every hourly refresh);
+/// - `invalid_grant` / `invalid_client`: the status says which credential was refused,
+///   and the stored token is dropped;
+/// - anything else is transient or unexplained: the status stays, the failure is noted.
+fn record_exchange(
+    service: &TokenService,
+    row: &mut ConnectionRow,
+    sent_refresh_token: &RefreshToken,
+    exchanged: Result<LwaGrant, LwaError>,
+    need: Need,
+    now: DateTime<Utc>,
+) -> Result<AccessToken, TokenError> {
+    let keyring = &service.inner.keyring;
+    let id = row.connection.id.to_string();
+    let before = row.connection.clone();
+    row.version += 1;
+    let outcome = match exchanged {
+        Ok(lwa_grant) => {
+            let token = lwa_grant.access_token;
+            row.access_token = Some(StoredToken {
+                sealed: keyring.seal(&id, Field::AccessToken, token.expose()),
+                fetched_at: token.fetched_at,
+                expires_at: token.expires_at,
+            });
+            if let Some(new_refresh) = lwa_grant
+                .refresh_token
+                .filter(|new| new.expose() != sent_refresh_token.expose())
+            {
+                tracing::info!(connection_id = %id, "LWA issued a new refresh token; storing it");
+                row.refresh_token = keyring.seal(&id, Field::RefreshToken, new_refresh.expose());
+            }
+            if row.connection.status != ConnectionStatus::Active || need.ignore_status {
+                row.connection.authorized_at = Some(now);
+            }
+            row.connection.status = ConnectionStatus::Active;
+            row.connection.last_error = None;
+            Ok(token)
+        }
+        Err(err @ (LwaError::InvalidGrant(_) | LwaError::InvalidClient { .. })) => {
+            row.connection.status = match err {
+                LwaError::InvalidGrant(_) => ConnectionStatus::RefreshTokenInvalid,
+                _ => ConnectionStatus::ClientCredentialsInvalid,
+            };
+            row.connection.last_error = Some(last_error(&err, now));
+            row.access_token = None;
+            Err(TokenError::Rejected(err))
+        }
+        Err(err) => {
+            row.connection.last_error = Some(last_error(&err, now));
+            Err(TokenError::Upstream(err))
+        }
+    };
+    // What callers see changed: say when.
+    if serde_json::to_value(&before).ok() != serde_json::to_value(&row.connection).ok() {
+        row.connection.updated_at = now;
+    }
+    outcome
+}
+
+/// Settles a fetch from the row alone: `Err` for a refused connection, `Some` when the
+/// stored token will do, `None` when LWA must be asked.
+fn settle_without_lwa(
+    service: &TokenService,
+    row: &ConnectionRow,
+    need: Need,
+    now: DateTime<Utc>,
+) -> Result<Option<Arc<Grant>>, TokenError> {
+    let status = row.connection.status;
+    if status.is_refused() {
+        if !need.ignore_status {
+            return Err(TokenError::NotAuthorized(status));
+        }
+        // Authorizing a refused connection: only LWA can say whether it works again.
+        return Ok(None);
+    }
+    let Some(stored) = &row.access_token else {
+        return Ok(None);
+    };
+    if !need.accepts(stored.fetched_at, stored.expires_at, now) {
+        return Ok(None);
+    }
+    let secret = open(service, row.connection.id, Field::AccessToken, &stored.sealed)?;
+    let token = AccessToken::new(secret, stored.fetched_at, stored.expires_at);
+    Ok(Some(grant(service, row, token, now)))
+}
+
+fn open(
+    service: &TokenService,
+    id: ConnectionId,
+    field: Field,
+    sealed: &Sealed,
+) -> Result<secrecy::SecretString, TokenError> {
+    service
+        .inner
+        .keyring
+        .open(&id.to_string(), field, sealed)
+        .map_err(TokenError::Crypto)
+}
+
+fn last_error(err: &LwaError, at: DateTime<Utc>) -> LastError {
+    LastError {
+        code: err.code().to_owned(),
+        message: err.to_string(),
+        at,
+    }
+}
+
+fn grant(
+    service: &TokenService,
+    row: &ConnectionRow,
+    token: AccessToken,
+    now: DateTime<Utc>,
+) -> Arc<Grant> {
+    let c = &row.connection;
+    Arc::new(Grant {
+        token,
+        region: c.region,
+        environment: c.environment,
+        merchant_token: c.merchant_token.clone(),
+        marketplace_ids: c.marketplace_ids.clone(),
+        endpoint: service.inner.hosts.endpoint(c.region, c.environment),
+        last_used: AtomicI64::new(now.timestamp_millis()),
+    })
+}
