@@ -128,7 +128,7 @@ mod tests {
             ),
             region: Region::Eu,
             environment: Environment::Production,
-            merchant_token: MerchantToken::parse("A2EUQ1WTGCTBG2").unwrap(),
+            merchant_token: MerchantToken::parse("A1EXAMPLESELLER").unwrap(),
             marketplace_ids: Vec::new(),
             endpoint: SpApiHosts::default().endpoint(Region::Eu, Environment::Production),
             last_used: AtomicI64::new(last_used),

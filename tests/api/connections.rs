@@ -47,7 +47,7 @@ async fn create_returns_the_resource_without_secrets(backend: Backend) {
     assert_eq!(created["status"], "pending");
     assert_eq!(created["account_type"], "seller");
     assert_eq!(created["region"], "eu");
-    assert_eq!(created["merchant_token"], "A2EUQ1WTGCTBG2");
+    assert_eq!(created["merchant_token"], "A1EXAMPLESELLER");
     assert_eq!(created["marketplace_ids"], json!([]));
     assert_eq!(created["last_error"], Value::Null);
     let secret = client_secret(1);

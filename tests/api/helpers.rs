@@ -415,7 +415,7 @@ pub fn connection_body(n: u32) -> Value {
         "client_id": CLIENT_ID,
         "client_secret": client_secret(n),
         "refresh_token": refresh_token(n),
-        "merchant_token": "A2EUQ1WTGCTBG2",
+        "merchant_token": "A1EXAMPLESELLER",
     })
 }
 

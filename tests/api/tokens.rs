@@ -195,7 +195,7 @@ async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
     assert_eq!(body["aws_region"], "eu-west-1");
     assert_eq!(body["region"], "eu");
     assert_eq!(body["environment"], "production");
-    assert_eq!(body["merchant_token"], "A2EUQ1WTGCTBG2");
+    assert_eq!(body["merchant_token"], "A1EXAMPLESELLER");
     assert_eq!(body["marketplace_ids"], json!([]));
     // The first token request of a pending connection authorized it.
     let connection = read(&app, &id).await;

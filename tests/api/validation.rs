@@ -105,7 +105,7 @@ async fn each_field_rule_is_enforced(backend: Backend) {
         ("refresh_token", json!("Atzr|has space")),
         ("merchant_token", json!("A12345678")),
         ("merchant_token", json!("A1234567890123456")),
-        ("merchant_token", json!("a2euq1wtgctbg2")),
+        ("merchant_token", json!("a1exampleseller")),
         ("application_id", json!("amzn1.sp.solution.not-a-uuid")),
         ("client_secret_expires_at", json!("2027-13-01T00:00:00Z")),
         ("name", json!("x".repeat(201))),
