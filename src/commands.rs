@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 
-use crate::app::{Application, open_database};
 use crate::api_keys::ApiKeys;
+use crate::app::{Application, open_database};
 use crate::cli::{ApiKeysCommand, Cli, Command};
 use crate::config::Config;
 use crate::domain::{ApiKeyId, ApiKeyName, Scope};

@@ -169,7 +169,9 @@ impl Config {
                 Keyring::parse(spec)
                     .map_err(|err| ConfigError::new(MASTER_KEYS, err.to_string()))?,
             ),
-            (None, DatabaseUrl::Sqlite { dir, .. }) => MasterKeys::LocalFile(dir.join("master.key")),
+            (None, DatabaseUrl::Sqlite { dir, .. }) => {
+                MasterKeys::LocalFile(dir.join("master.key"))
+            }
             (None, DatabaseUrl::Postgres { .. }) => {
                 return Err(ConfigError::new(
                     MASTER_KEYS,

@@ -13,7 +13,9 @@ use super::error::ApiError;
 use super::extract::{Caller, ConnectionsWrite, Id, QueryFields, TokensRead};
 use super::fields::{integer_in, string};
 use crate::app::AppState;
-use crate::domain::{Connection, ConnectionId, Environment, MerchantToken, ParseError, Region, now};
+use crate::domain::{
+    Connection, ConnectionId, Environment, MerchantToken, ParseError, Region, now,
+};
 use crate::tokens::Served;
 
 const DEFAULT_MIN_TTL: u64 = 60;

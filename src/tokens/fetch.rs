@@ -201,7 +201,12 @@ fn settle_without_lwa(
     if !need.accepts(stored.fetched_at, stored.expires_at, now) {
         return Ok(None);
     }
-    let secret = open(service, row.connection.id, Field::AccessToken, &stored.sealed)?;
+    let secret = open(
+        service,
+        row.connection.id,
+        Field::AccessToken,
+        &stored.sealed,
+    )?;
     let token = AccessToken::new(secret, stored.fetched_at, stored.expires_at);
     Ok(Some(grant(service, row, token, now)))
 }

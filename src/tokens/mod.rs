@@ -256,9 +256,10 @@ impl TokenService {
     /// made for this caller.
     async fn fetch_shared(&self, id: ConnectionId, need: Need) -> Result<Arc<Grant>, TokenError> {
         for round in 0..2 {
-            let flight = self.inner.flights.join_or_start(id, || {
-                fetch::fetch_and_cache(self.clone(), id, need)
-            });
+            let flight = self
+                .inner
+                .flights
+                .join_or_start(id, || fetch::fetch_and_cache(self.clone(), id, need));
             match flight.await {
                 Ok(grant) if need.accepts_token(&grant.token, now()) => return Ok(grant),
                 Ok(_) => {}

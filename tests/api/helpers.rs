@@ -30,7 +30,8 @@ pub const ADMIN_KEY: &str = "crk_test-bootstrap-admin-key-0123456789";
 
 /// Runs one test body on a runtime of its own whose threads carry the test's name, so
 /// every log line its servers write can be told apart; once the runtime (servers
-/// included) has stopped, searches those lines for secrets.
+/// included) has stopped, searches those lines for secrets, and prints them when the
+/// `TEST_LOG` environment variable is set.
 pub fn run(body: impl std::future::Future<Output = ()>) {
     let test = std::thread::current()
         .name()
@@ -50,9 +51,23 @@ pub fn run(body: impl std::future::Future<Output = ()>) {
         .enable_all()
         .build()
         .expect("test runtime");
-    runtime.block_on(body);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(body);
+    }));
     runtime.shutdown_timeout(Duration::from_secs(10));
-    crate::logs::assert_no_secrets(&test);
+    let lines = crate::logs::take(&test);
+    if crate::logs::wanted() {
+        crate::logs::print(&test, &lines);
+    } else if outcome.is_err() {
+        eprintln!(
+            "(set TEST_LOG=1 to see the {} lines this test's servers logged)",
+            lines.len()
+        );
+    }
+    crate::logs::assert_no_secrets(&test, &lines);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

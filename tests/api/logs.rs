@@ -7,6 +7,9 @@
 //! A few prefixes (`Atzr|`, `crk_`, …) are looked for as well, to catch values the suite
 //! did not register. `helpers::run` scans a test's lines after its runtime, and so its
 //! servers, have stopped: nothing logged during shutdown escapes the scan.
+//!
+//! `TEST_LOG=1 cargo test …` prints each test's captured server log (libtest shows it
+//! for failing tests, or for all with `--nocapture`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -15,7 +18,7 @@ use std::sync::{Mutex, Once};
 use aho_corasick::AhoCorasick;
 
 /// A captured log line and the thread that wrote it.
-struct Line {
+pub struct Line {
     thread: String,
     text: String,
 }
@@ -125,7 +128,7 @@ fn form_encode(text: &str, upper: bool) -> String {
 fn belongs_to(line: &Line, test: &str) -> bool {
     line.thread == test
         || line.thread.strip_prefix(TEST_THREAD_PREFIX) == Some(test)
-        || !(line.thread.starts_with(TEST_THREAD_PREFIX) || is_test_name(&line.thread))
+        || !belongs_to_a_test(&line.thread)
 }
 
 /// libtest names a test's thread after the test path (`tokens::foo::postgres`).
@@ -133,35 +136,65 @@ fn is_test_name(thread: &str) -> bool {
     thread.contains("::")
 }
 
-/// Panics naming the test, the secret's kind of form and the line, if any line `test`'s
-/// servers wrote holds a registered secret or a secret prefix. Scanned lines are dropped.
-pub fn assert_no_secrets(test: &str) {
+/// Takes the lines `test`'s servers wrote (and those of threads no test owns) out of the
+/// capture.
+pub fn take(test: &str) -> Vec<Line> {
+    let mut lines = lock(&LINES);
+    let (mine, others) = std::mem::take(&mut *lines)
+        .into_iter()
+        .partition(|line| belongs_to(line, test));
+    *lines = others;
+    mine
+}
+
+/// Whether `TEST_LOG` asks for the captured server logs.
+pub fn wanted() -> bool {
+    std::env::var("TEST_LOG").is_ok_and(|value| !value.is_empty() && value != "0")
+}
+
+/// Prints `test`'s captured server log where libtest captures a test's output.
+pub fn print(test: &str, lines: &[Line]) {
+    eprintln!("---- server log of `{test}` ({} lines) ----", lines.len());
+    for line in lines {
+        eprint!("[{}] {}", line.thread, line.text);
+    }
+    eprintln!("---- end of the server log of `{test}` ----");
+}
+
+/// Panics naming the test, the thread, the secret's first characters and the line, if
+/// any of `lines` holds a registered secret or a secret prefix.
+pub fn assert_no_secrets(test: &str, lines: &[Line]) {
     let mut patterns: Vec<String> = lock(&SECRETS).iter().flat_map(|s| forms(s)).collect();
     patterns.extend(SECRET_MARKERS.iter().map(|m| (*m).to_owned()));
     patterns.sort();
     patterns.dedup();
     let matcher = AhoCorasick::new(&patterns).expect("patterns build");
-    let mine: Vec<Line> = {
-        let mut lines = lock(&LINES);
-        let (mine, others) = std::mem::take(&mut *lines)
-            .into_iter()
-            .partition(|line| belongs_to(line, test));
-        *lines = others;
-        mine
-    };
-    for line in &mine {
+    for line in lines {
         if let Some(found) = matcher.find(&line.text) {
+            let writer = if belongs_to_a_test(&line.thread) {
+                format!("this test's server (thread `{}`)", line.thread)
+            } else {
+                format!(
+                    "thread `{}`, which no test owns (a library's worker: `{test}` or any \
+                     test running at the same time caused it)",
+                    line.thread
+                )
+            };
             panic!(
-                "a secret ({}…) reached the logs of test `{test}` (thread `{}`): {}",
+                "a secret ({}…) reached the logs, found while scanning test `{test}`; written \
+                 by {writer}: {}",
                 &patterns[found.pattern().as_usize()]
                     .chars()
                     .take(6)
                     .collect::<String>(),
-                line.thread,
                 line.text.trim_end()
             );
         }
     }
+}
+
+fn belongs_to_a_test(thread: &str) -> bool {
+    thread.starts_with(TEST_THREAD_PREFIX) || is_test_name(thread)
 }
 
 /// How many bytes are captured and not yet scanned: proves the capture works.
@@ -180,5 +213,31 @@ mod tests {
         assert!(forms.contains(&"Atzr|a/b\\\"c".to_owned()));
         assert!(forms.contains(&"Atzr%7Ca%2Fb%22c".to_owned()));
         assert!(forms.contains(&"Atzr%7ca%2fb%22c".to_owned()));
+    }
+
+    /// Guards the attribution in `assert_no_secrets`: a leak says whose server wrote it.
+    #[test]
+    fn a_leak_names_the_test_and_the_thread_that_wrote_it() {
+        let leaked = secret("Atzr|attribution-test-secret-0123456789");
+        let scan = |thread: &str| {
+            let lines = [Line {
+                thread: thread.to_owned(),
+                text: format!("refreshing with {leaked}\n"),
+            }];
+            let panic = std::panic::catch_unwind(|| assert_no_secrets("tokens::t::sqlite", &lines))
+                .expect_err("the leak is found");
+            panic.downcast_ref::<String>().cloned().expect("a message")
+        };
+        let own = scan("test:tokens::t::sqlite");
+        assert!(
+            own.contains("test `tokens::t::sqlite`")
+                && own.contains("this test's server (thread `test:tokens::t::sqlite`)"),
+            "{own}"
+        );
+        let library = scan("sqlx-sqlite-worker-3");
+        assert!(
+            library.contains("thread `sqlx-sqlite-worker-3`, which no test owns"),
+            "{library}"
+        );
     }
 }
