@@ -48,6 +48,14 @@ pub struct ApiKeys {
     unknown: Arc<Mutex<HashMap<ApiKeyHash, Instant>>>,
 }
 
+/// What became of `REGISTRY_BOOTSTRAP_ADMIN_KEY` at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapKey {
+    Active(ApiKeyId),
+    /// Revoked through the API or the CLI; not revived.
+    Revoked(ApiKeyId),
+}
+
 /// A new key: the stored description plus the plaintext, shown once.
 pub struct CreatedApiKey {
     pub key: ApiKey,
@@ -119,11 +127,20 @@ impl ApiKeys {
         Ok(CreatedApiKey { key, token })
     }
 
-    /// Makes the operator's `REGISTRY_BOOTSTRAP_ADMIN_KEY` an active admin key.
-    pub async fn ensure_bootstrap_admin(&self, token: &ApiKeyToken) -> Result<(), StoreError> {
+    /// Stores the operator's `REGISTRY_BOOTSTRAP_ADMIN_KEY` as an admin key, the first
+    /// time it is seen. Once revoked it stays revoked, whatever later starts say.
+    pub async fn provision_bootstrap_admin(
+        &self,
+        token: &ApiKeyToken,
+    ) -> Result<BootstrapKey, StoreError> {
         let name = ApiKeyName::parse("bootstrap admin").expect("a valid constant name");
         let key = describe(token, name, vec![Scope::Admin]);
-        self.store.ensure_api_key(&key, token.hash()).await
+        let (id, revoked) = self.store.insert_api_key_once(&key, token.hash()).await?;
+        Ok(if revoked {
+            BootstrapKey::Revoked(id)
+        } else {
+            BootstrapKey::Active(id)
+        })
     }
 
     pub async fn list(&self) -> Result<Vec<ApiKey>, StoreError> {

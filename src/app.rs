@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::amazon::endpoints::SpApiHosts;
 use crate::amazon::lwa::LwaClient;
-use crate::api_keys::ApiKeys;
+use crate::api_keys::{ApiKeys, BootstrapKey};
 use crate::config::{Config, DatabaseUrl};
 use crate::connections::Connections;
 use crate::crypto::{Field, Keyring};
@@ -48,10 +48,17 @@ impl Application {
 
         let api_keys = ApiKeys::new(store.clone());
         if let Some(token) = &config.bootstrap_admin_key {
-            api_keys
-                .ensure_bootstrap_admin(token)
+            let provisioned = api_keys
+                .provision_bootstrap_admin(token)
                 .await
                 .context("cannot store REGISTRY_BOOTSTRAP_ADMIN_KEY")?;
+            if let BootstrapKey::Revoked(id) = provisioned {
+                tracing::error!(
+                    api_key_id = %id,
+                    "REGISTRY_BOOTSTRAP_ADMIN_KEY names a key that was revoked; it stays \
+                     revoked and does not work. Remove the setting, or set a new key"
+                );
+            }
         } else if matches!(config.database_url, DatabaseUrl::Sqlite { .. }) {
             create_first_admin_key(&store, &api_keys).await?;
         }

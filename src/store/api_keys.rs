@@ -11,10 +11,22 @@ impl Store {
         self.write_api_key(key, hash, "").await
     }
 
-    /// Makes sure a key with this hash exists and is not revoked (the bootstrap key).
-    pub async fn ensure_api_key(&self, key: &ApiKey, hash: ApiKeyHash) -> Result<(), StoreError> {
-        let upsert = "ON CONFLICT (hash) DO UPDATE SET revoked_at = NULL, scopes = excluded.scopes";
-        self.write_api_key(key, hash, upsert).await
+    /// Stores `key` unless a key with this hash is already stored (the bootstrap key, at
+    /// every start). Returns the id of the stored key and whether it has been revoked: a
+    /// revoked key stays revoked.
+    pub async fn insert_api_key_once(
+        &self,
+        key: &ApiKey,
+        hash: ApiKeyHash,
+    ) -> Result<(ApiKeyId, bool), StoreError> {
+        self.write_api_key(key, hash, "ON CONFLICT (hash) DO NOTHING")
+            .await?;
+        let sql = "SELECT id, revoked_at IS NOT NULL FROM api_keys WHERE hash = $1";
+        let (id, revoked): (uuid::Uuid, bool) = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(hash.to_base64())
+            .fetch_one(pool)
+            .await)?;
+        Ok((ApiKeyId::from(id), revoked))
     }
 
     async fn write_api_key(

@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{ADMIN_KEY, Backend, invalid_fields, not_found, problem, spawn_app};
+use crate::helpers::{
+    ADMIN_KEY, Backend, MASTER_KEYS, TestApp, invalid_fields, not_found, problem, spawn_app,
+};
 
 crate::single!(unknown_keys_are_remembered_as_unknown_for_two_seconds);
 
@@ -16,6 +18,7 @@ both_backends!(
     created_keys_are_shown_once_and_listed_without_secret,
     invalid_key_requests_are_named,
     revoked_key_stops_working_on_every_replica_within_5_seconds,
+    a_revoked_bootstrap_key_stays_revoked_after_a_restart,
 );
 
 async fn missing_or_unknown_keys_are_401(backend: Backend) {
@@ -221,4 +224,65 @@ async fn unknown_keys_are_remembered_as_unknown_for_two_seconds() {
     // Known keys keep working from memory.
     let metrics = app.get("/metrics", ADMIN_KEY).await;
     assert_eq!(metrics.status(), StatusCode::OK);
+}
+
+/// Guards `insert_api_key_once`: start-up used to upsert the bootstrap key with
+/// `revoked_at = NULL`, so a revoked bootstrap key came back at every restart.
+async fn a_revoked_bootstrap_key_stays_revoked_after_a_restart(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (other_id, other_admin) = app.api_key_with_id(&["admin"]).await;
+    let listed: Value = app
+        .get("/api-keys", &other_admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let bootstrap = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["name"] == "bootstrap admin")
+        .expect("the bootstrap key is listed");
+    let bootstrap_id = bootstrap["id"].as_str().unwrap().to_owned();
+    let revoked = app
+        .delete(&format!("/api-keys/{bootstrap_id}"), &other_admin)
+        .await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let db = app.stop().await;
+
+    // Same settings, bootstrap key included.
+    let app = TestApp::start(db, Some(MASTER_KEYS))
+        .await
+        .expect("starts with a revoked bootstrap key");
+    problem(
+        app.get("/connections", ADMIN_KEY).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let listed: Value = app
+        .get("/api-keys", &other_admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [other_id.as_str()],
+        "only the other admin key is active"
+    );
+    let said =
+        crate::logs::lines_containing("REGISTRY_BOOTSTRAP_ADMIN_KEY names a key that was revoked");
+    assert_eq!(said.len(), 1, "one start-up error: {said:?}");
+    assert!(
+        said[0].contains(&bootstrap_id) && said[0].contains("ERROR"),
+        "{}",
+        said[0]
+    );
 }

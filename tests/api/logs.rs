@@ -197,6 +197,25 @@ fn belongs_to_a_test(thread: &str) -> bool {
     thread.starts_with(TEST_THREAD_PREFIX) || is_test_name(thread)
 }
 
+/// The lines captured so far that this test's own threads wrote and that contain `text`;
+/// for tests that assert on what the service logs. Call from within `helpers::run`.
+pub fn lines_containing(text: &str) -> Vec<String> {
+    let current = std::thread::current();
+    let name = current.name().unwrap_or("");
+    let test = name.strip_prefix(TEST_THREAD_PREFIX).unwrap_or(name);
+    lock(&LINES)
+        .iter()
+        .filter(|line| {
+            line.thread
+                .strip_prefix(TEST_THREAD_PREFIX)
+                .unwrap_or(&line.thread)
+                == test
+        })
+        .filter(|line| line.text.contains(text))
+        .map(|line| line.text.clone())
+        .collect()
+}
+
 /// How many bytes are captured and not yet scanned: proves the capture works.
 pub fn captured_len() -> usize {
     lock(&LINES).iter().map(|line| line.text.len()).sum()
