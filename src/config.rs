@@ -192,11 +192,11 @@ impl Config {
             listen,
             master_keys,
             bootstrap_admin_key,
-            lwa_token_url: parse_http_url(LWA_TOKEN_URL, &settings.lwa_token_url)?,
+            lwa_token_url: parse_amazon_url(LWA_TOKEN_URL, &settings.lwa_token_url)?,
             spapi_url: settings
                 .spapi_url
                 .as_deref()
-                .map(|url| parse_http_url(SPAPI_URL, url))
+                .map(|url| parse_amazon_url(SPAPI_URL, url))
                 .transpose()?,
             request_timeout,
             lwa: LwaSettings::default(),
@@ -224,16 +224,28 @@ fn parse_request_timeout(input: &str) -> Result<Duration, ConfigError> {
         })
 }
 
-fn parse_http_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
+/// Where credentials are sent: https, or plain http only to a loopback host (a local
+/// fake), so a typo cannot send a client secret across a network in the clear.
+fn parse_amazon_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(input)
         .map_err(|err| ConfigError::new(setting, format!("`{input}` is not a URL: {err}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::new(
+    let loopback = url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err(ConfigError::new(
             setting,
-            "must be an http:// or https:// URL",
-        ));
+            "must be an https:// URL (plain http:// only to localhost or a loopback address)",
+        )),
+        _ => Err(ConfigError::new(setting, "must be an https:// URL")),
     }
-    Ok(url)
 }
 
 fn load_or_generate_local_key(path: &Path) -> Result<Keyring, ConfigError> {
@@ -309,6 +321,20 @@ mod tests {
         );
         let err = config(&["--lwa-token-url", "ftp://x"]).unwrap_err();
         assert!(err.to_string().starts_with("REGISTRY_LWA_TOKEN_URL"));
+        for cleartext in [
+            "http://api.amazon.com/auth/o2/token",
+            "http://10.0.0.5:8080/auth/o2/token",
+            "http://localhost.evil.example/auth/o2/token",
+        ] {
+            let err = config(&["--lwa-token-url", cleartext]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): must be an https:// URL (plain \
+                 http:// only to localhost or a loopback address)"
+            );
+            let err = config(&["--spapi-url", cleartext]).unwrap_err();
+            assert!(err.to_string().starts_with("REGISTRY_SPAPI_URL"), "{err}");
+        }
         let err = config(&["--bootstrap-admin-key", "short"]).unwrap_err();
         assert!(err.to_string().starts_with("REGISTRY_BOOTSTRAP_ADMIN_KEY"));
         for bad in ["0", "601", "1.5", "60s", ""] {
@@ -320,6 +346,19 @@ mod tests {
                      seconds from 1 to 600"
                 )
             );
+        }
+    }
+
+    #[test]
+    fn amazon_urls_are_https_or_loopback() {
+        for fine in [
+            "https://api.amazon.com/auth/o2/token",
+            "http://127.0.0.1:9000/auth/o2/token",
+            "http://localhost:9000/auth/o2/token",
+            "http://[::1]:9000/auth/o2/token",
+        ] {
+            let parsed = config(&["--lwa-token-url", fine, "--spapi-url", fine]).unwrap();
+            assert_eq!(parsed.lwa_token_url.as_str(), fine);
         }
     }
 

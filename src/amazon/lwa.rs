@@ -2,8 +2,13 @@
 //!
 //! Every answer is classified on LWA's `error` field, not the HTTP status (docs/amazon.md):
 //! a rejected refresh token or client is final; an outage is retried here a few times
-//! with jittered exponential backoff, then reported as `Unavailable`. No error message
-//! carries a secret: what LWA says back is scrubbed of what we sent.
+//! with jittered exponential backoff, then reported as `Unavailable`.
+//!
+//! LWA's answer is untrusted input, handled once where it enters (`attempt`): the body is
+//! read up to `MAX_BODY_LEN`, a redirect is never followed (it would re-send the client
+//! secret and refresh token elsewhere) and is a protocol error, and every text kept from
+//! it (`error`, `error_description`) is scrubbed of what we sent and bounded before any
+//! error, log line or row can hold it.
 
 use std::time::Duration;
 
@@ -16,6 +21,8 @@ use crate::domain::{AccessToken, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshT
 
 /// How much of LWA's `error_description` is kept.
 const MAX_DESCRIPTION_LEN: usize = 300;
+/// The most of LWA's answer that is read; a token response is under 2 KB.
+pub const MAX_BODY_LEN: usize = 64 * 1024;
 
 /// Timeouts and retry policy for the token exchange.
 #[derive(Debug, Clone)]
@@ -95,10 +102,13 @@ enum Attempt {
 }
 
 impl LwaClient {
+    /// `token_url` is https, or http on a loopback host (fakes); `config` checks it.
     pub fn new(token_url: Url, settings: LwaSettings) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(token_url.scheme() == "https")
             .user_agent(concat!(
                 "connection-registry/",
                 env!("CARGO_PKG_VERSION"),
@@ -121,12 +131,14 @@ impl LwaClient {
         client_secret: &ClientSecret,
         refresh_token: &RefreshToken,
     ) -> Result<LwaGrant, LwaError> {
-        let scrub = |text: &str| scrub(text, &[client_secret.expose(), refresh_token.expose()]);
+        let scrubber = Scrubber {
+            sent: [client_secret.expose(), refresh_token.expose()],
+        };
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
             let outcome = self
-                .attempt(client_id, client_secret, refresh_token, &scrub)
+                .attempt(client_id, client_secret, refresh_token, &scrubber)
                 .await;
             metrics::histogram!("registry_lwa_request_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -170,7 +182,7 @@ impl LwaClient {
         client_id: &ClientId,
         client_secret: &ClientSecret,
         refresh_token: &RefreshToken,
-        scrub: &impl Fn(&str) -> String,
+        scrubber: &Scrubber<'_>,
     ) -> Result<LwaGrant, Attempt> {
         let form = [
             ("grant_type", "refresh_token"),
@@ -194,22 +206,19 @@ impl LwaClient {
                 })
             })?;
         let status = response.status();
+        if status.is_redirection() {
+            // Where it points is not said: the Location is the other side's text.
+            return Err(Attempt::Final(LwaError::Protocol(format!(
+                "HTTP {status}: a redirect, which is never followed"
+            ))));
+        }
         let retry_after = retry_after(response.headers());
-        let body = response.bytes().await.map_err(|err| {
-            Attempt::Retry(LwaError::Unavailable {
-                reason: describe_transport_error(&err),
-                retry_after: None,
-            })
-        })?;
+        let body = read_bounded(response).await?;
 
         if let Ok(failure) = serde_json::from_slice::<TokenFailure>(&body) {
-            let description = scrub(failure.error_description.as_deref().unwrap_or(""));
-            return Err(classify_error(
-                &failure.error,
-                description,
-                status,
-                retry_after,
-            ));
+            let error = scrubber.code(&failure.error);
+            let description = scrubber.text(failure.error_description.as_deref().unwrap_or(""));
+            return Err(classify_error(&error, description, status, retry_after));
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(Attempt::Retry(LwaError::Unavailable {
@@ -255,7 +264,6 @@ fn classify_error(
         }
         // invalid_request, invalid_scope, unsupported_grant_type: our request is wrong.
         other => {
-            let other = scrub_code(other);
             tracing::error!(
                 error = other,
                 description,
@@ -298,10 +306,7 @@ impl TokenSuccess {
         .ok_or_else(|| LwaError::Protocol("expires_in is not a number of seconds".into()))?;
         if let Some(token_type) = &self.token_type {
             if !token_type.eq_ignore_ascii_case("bearer") {
-                return Err(LwaError::Protocol(format!(
-                    "token_type `{}` is not bearer",
-                    scrub_code(token_type)
-                )));
+                return Err(LwaError::Protocol("token_type is not bearer".into()));
             }
         }
         let token = &self.access_token;
@@ -343,6 +348,54 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
         "could not connect".into()
     } else {
         "connection failed".into()
+    }
+}
+
+/// Reads LWA's answer, up to `MAX_BODY_LEN` bytes.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Attempt> {
+    let too_large = || {
+        Attempt::Final(LwaError::Protocol(format!(
+            "the answer is larger than {MAX_BODY_LEN} bytes"
+        )))
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_BODY_LEN as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = response.chunk().await.map_err(|err| {
+            Attempt::Retry(LwaError::Unavailable {
+                reason: describe_transport_error(&err),
+                retry_after: None,
+            })
+        })?;
+        let Some(chunk) = chunk else {
+            return Ok(body);
+        };
+        if body.len() + chunk.len() > MAX_BODY_LEN {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+/// Cleans text from LWA of the secrets one exchange sent (`sent`).
+struct Scrubber<'a> {
+    sent: [&'a str; 2],
+}
+
+impl Scrubber<'_> {
+    /// Free text (`error_description`): bounded, with no secret.
+    fn text(&self, text: &str) -> String {
+        scrub(text, &self.sent)
+    }
+
+    /// An error code (`error`): one safe word, with no secret.
+    fn code(&self, code: &str) -> String {
+        scrub_code(&self.text(code))
     }
 }
 

@@ -31,6 +31,27 @@ pub enum LwaMode {
     Garbage,
     /// Accepts the request and never answers.
     Hang,
+    /// 307 to the URL given to `redirect_to` (a token endpoint elsewhere).
+    Redirect,
+    /// Sends the refresh token and client secret it received back, with this status, in
+    /// the place `Echo` names: what a hostile or broken endpoint might do.
+    EchoSecrets {
+        status: u16,
+        place: Echo,
+    },
+    /// A valid-looking JSON token answer of 1 MiB.
+    Huge,
+}
+
+/// Where `EchoSecrets` puts what it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// As the `error` code.
+    ErrorField,
+    /// In `error_description`.
+    Description,
+    /// In a body that is not JSON.
+    PlainBody,
 }
 
 #[derive(Default)]
@@ -49,6 +70,8 @@ struct FakeState {
     rotated_refresh_token: Mutex<Option<String>>,
     /// Tells this fake's access tokens apart from another fake's.
     instance: String,
+    /// Where `LwaMode::Redirect` points.
+    redirect_to: Mutex<String>,
 }
 
 #[derive(Clone)]
@@ -84,6 +107,12 @@ impl FakeLwa {
         self.state
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// `LwaMode::Redirect` answers 307 to this URL.
+    pub fn redirect_to(&self, url: &str) {
+        *self.state.redirect_to.lock().unwrap() = url.to_owned();
+        self.set_mode(LwaMode::Redirect);
     }
 
     pub fn set_expires_in(&self, seconds: u64) {
@@ -273,5 +302,32 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
             tokio::time::sleep(Duration::from_secs(3600)).await;
             StatusCode::GATEWAY_TIMEOUT.into_response()
         }
+        LwaMode::Redirect => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, state.redirect_to.lock().unwrap().clone())],
+        )
+            .into_response(),
+        LwaMode::EchoSecrets { status, place } => {
+            let status = StatusCode::from_u16(status).unwrap();
+            let client_secret = params.get("client_secret").cloned().unwrap_or_default();
+            let both = format!("{refresh_token} {client_secret}");
+            match place {
+                Echo::ErrorField => lwa_error(status, &both, "something went wrong"),
+                Echo::Description => lwa_error(
+                    status,
+                    "invalid_request",
+                    &format!(
+                        "cannot use refresh_token={refresh_token}&client_secret={client_secret}"
+                    ),
+                ),
+                Echo::PlainBody => (status, format!("upstream said: {both}")).into_response(),
+            }
+        }
+        LwaMode::Huge => axum::Json(json!({
+            "access_token": format!("Atza|{}", "h".repeat(1024 * 1024)),
+            "token_type": "bearer",
+            "expires_in": 3600,
+        }))
+        .into_response(),
     }
 }

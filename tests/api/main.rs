@@ -8,6 +8,7 @@ mod proxy;
 
 mod api_keys;
 mod connections;
+mod lwa_answers;
 mod operators;
 mod scopes;
 mod secrets;
