@@ -5,7 +5,7 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::ParseError;
+use super::{Marketplace, ParseError};
 
 const CLIENT_ID_PREFIX: &str = "amzn1.application-oa2-client.";
 const CLIENT_SECRET_PREFIX: &str = "amzn1.oa2-cs.v1.";
@@ -144,6 +144,13 @@ impl MerchantToken {
                     .bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         };
+        // Marketplace ids have the same shape; a seller pasting one is a common mistake.
+        if let Some(marketplace) = Marketplace::find(input) {
+            return Err(ParseError::new(format!(
+                "this is the marketplace id of {}, not a seller's merchant token",
+                marketplace.name
+            )));
+        }
         match input.strip_prefix('A') {
             Some(rest) if rest_ok(rest) => Ok(Self(input.to_owned())),
             _ => Err(ParseError::new(

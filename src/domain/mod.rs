@@ -5,6 +5,7 @@ mod amazon_ids;
 mod api_key;
 mod connection;
 mod id;
+mod marketplace;
 mod region;
 mod token;
 
@@ -17,6 +18,7 @@ pub use connection::{
     SecretExpiry,
 };
 pub use id::{ApiKeyId, ConnectionId, ResourceId};
+pub use marketplace::{MARKETPLACES, Marketplace};
 pub use region::{AccountType, Environment, Region};
 pub use token::AccessToken;
 

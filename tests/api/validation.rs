@@ -106,6 +106,8 @@ async fn each_field_rule_is_enforced(backend: Backend) {
         ("merchant_token", json!("A12345678")),
         ("merchant_token", json!("A1234567890123456")),
         ("merchant_token", json!("a1exampleseller")),
+        // Amazon.com's marketplace id: the shape of a merchant token, but not one.
+        ("merchant_token", json!("ATVPDKIKX0DER")),
         ("application_id", json!("amzn1.sp.solution.not-a-uuid")),
         ("client_secret_expires_at", json!("2027-13-01T00:00:00Z")),
         ("name", json!("x".repeat(201))),
@@ -122,6 +124,20 @@ async fn each_field_rule_is_enforced(backend: Backend) {
         .await;
         assert_eq!(invalid_fields(&problem), [field], "{field} = {value}");
     }
+    // A marketplace id is named as what it is.
+    let mut body = connection_body(1);
+    body["merchant_token"] = json!("A1PA6795UKMFR9");
+    let refused = problem(
+        app.post("/connections", ADMIN_KEY, &body).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(
+        refused["errors"],
+        json!([{"field": "merchant_token", "message":
+            "this is the marketplace id of Amazon.de, not a seller's merchant token"}])
+    );
     assert_nothing_stored(&app).await;
 
     // What the formats allow at their edges.
