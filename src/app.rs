@@ -2,7 +2,9 @@
 //! and serves until a shutdown future completes.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,12 +16,15 @@ use tokio::task::JoinHandle;
 use crate::amazon::endpoints::SpApiHosts;
 use crate::amazon::lwa::LwaClient;
 use crate::api_keys::{ApiKeys, BootstrapKey};
-use crate::config::{Config, DatabaseUrl};
+use crate::config::{Config, DatabaseUrl, write_private_file};
 use crate::connections::Connections;
 use crate::crypto::{Field, Keyring};
 use crate::domain::{ApiKeyName, Scope};
 use crate::store::{KeyCheck, Store};
 use crate::tokens::TokenService;
+
+/// Where the first admin key goes when there is no terminal to show it on.
+pub const FIRST_ADMIN_KEY_FILE: &str = "first-admin.key";
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -59,8 +64,8 @@ impl Application {
                      revoked and does not work. Remove the setting, or set a new key"
                 );
             }
-        } else if matches!(config.database_url, DatabaseUrl::Sqlite { .. }) {
-            create_first_admin_key(&store, &api_keys).await?;
+        } else if let DatabaseUrl::Sqlite { dir, .. } = &config.database_url {
+            create_first_admin_key(&store, &api_keys, dir).await?;
         }
         api_keys.reload().await.context("cannot load API keys")?;
 
@@ -168,18 +173,38 @@ async fn verify_master_keys(store: &Store, keyring: &Keyring) -> anyhow::Result<
     Ok(())
 }
 
-/// The embedded default with no key at all: make one admin key and show it once.
-async fn create_first_admin_key(store: &Store, api_keys: &ApiKeys) -> anyhow::Result<()> {
+/// The embedded default with no key at all: make one admin key and hand it over once.
+/// On a terminal it is printed there; otherwise (a container, a service manager) stderr
+/// is usually kept like a log, so it goes to a file only this user can read, in the data
+/// directory, and the log says where.
+async fn create_first_admin_key(
+    store: &Store,
+    api_keys: &ApiKeys,
+    data_dir: &Path,
+) -> anyhow::Result<()> {
     if store.has_api_keys().await? {
         return Ok(());
     }
     let name = ApiKeyName::parse("first admin").expect("a valid constant name");
     let created = api_keys.create(name, vec![Scope::Admin]).await?;
-    // Straight to the terminal, not through the logs: logs are kept, this must not be.
-    eprintln!(
-        "\n  First start: created an admin API key. It is shown only this once:\n\n    {}\n\n  \
-         Use it as `Authorization: Bearer <key>`; create narrower keys with POST /api-keys.\n",
-        created.token.expose()
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "\n  First start: created an admin API key. It is shown only this once:\n\n    {}\n\n  \
+             Use it as `Authorization: Bearer <key>`; create narrower keys with POST /api-keys.\n",
+            created.token.expose()
+        );
+        return Ok(());
+    }
+    let path = data_dir.join(FIRST_ADMIN_KEY_FILE);
+    write_private_file(&path, &format!("{}\n", created.token.expose()))
+        .with_context(|| format!("cannot write the first admin key to {}", path.display()))?;
+    // Absolute, so an operator reading the log finds it whatever the working directory.
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    tracing::warn!(
+        path = %path.display(),
+        api_key_id = %created.key.id,
+        "first start: created an admin API key and wrote it to this file (mode 0600); \
+         read it, then delete the file"
     );
     Ok(())
 }

@@ -276,7 +276,7 @@ fn load_or_generate_local_key(path: &Path) -> Result<Keyring, ConfigError> {
 }
 
 /// Creates `path` readable by its owner only; refuses to overwrite.
-fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

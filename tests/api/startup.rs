@@ -98,29 +98,25 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
 
-    let admin_key = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if let Some(key) = line.trim().strip_prefix("crk_") {
-                return format!("crk_{key}");
-            }
-        }
-        panic!("no admin key printed")
-    })
-    .await
-    .expect("admin key printed in time");
-    let address = tokio::time::timeout(Duration::from_secs(20), async {
+    let data = dir.path().join("data");
+    let key_file = data.join("first-admin.key");
+    let (address, announced) = tokio::time::timeout(Duration::from_secs(20), async {
         let mut warned = false;
+        let mut announced = None;
         while let Some(line) = stdout.next_line().await.unwrap() {
             let log: Value = serde_json::from_str(&line).expect("json logs");
             let message = log["fields"]["message"].as_str().unwrap_or_default();
             warned |= message.contains("GENERATED A NEW MASTER KEY");
-            assert!(!line.contains(&admin_key), "the admin key is not logged");
+            assert!(!line.contains("crk_"), "no admin key is logged: {line}");
+            if message.starts_with("first start: created an admin API key") {
+                announced = log["fields"]["path"].as_str().map(str::to_owned);
+            }
             if let Some(address) = log["fields"]["address"].as_str() {
                 assert!(warned, "the generated key is announced loudly");
-                return address.to_owned();
+                return (address.to_owned(), announced);
             }
         }
         panic!("server did not report its address")
@@ -128,7 +124,21 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
     .await
     .expect("listening in time");
 
-    let data = dir.path().join("data");
+    // stderr is no terminal here (as in a container, where it is kept like a log): the
+    // key goes to a file only this user can read, and the log names the file.
+    let key_file = key_file.canonicalize().unwrap();
+    assert_eq!(announced.as_deref(), Some(key_file.to_str().unwrap()));
+    let admin_key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(admin_key.starts_with("crk_"), "{admin_key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     assert!(data.join("registry.db").exists());
     assert!(data.join("master.key").exists());
     let response = reqwest::Client::new()
@@ -151,6 +161,14 @@ async fn embedded_default_creates_its_data_directory_key_and_first_admin_key() {
         .expect("stops in time")
         .unwrap();
     assert!(status.success(), "exits cleanly on SIGTERM: {status}");
+    let mut printed = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut BufReader::new(stderr), &mut printed)
+        .await
+        .unwrap();
+    assert!(
+        !printed.contains(&admin_key),
+        "the key is not printed where no terminal shows it: {printed}"
+    );
 }
 
 async fn openapi_document_is_served() {
