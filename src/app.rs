@@ -47,6 +47,9 @@ impl Application {
     /// Opens and migrates the database, proves the master keys, provisions API keys and
     /// binds the listener. Every failure here is a start-up error with a clear message.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if let Some(warning) = config.database_url.tls_warning() {
+            tracing::warn!("{warning}");
+        }
         let keyring = Arc::new(config.master_keys.load()?);
         let store = open_database(&config.database_url).await?;
         verify_master_keys(&store, &keyring).await?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::amazon::lwa::LwaSettings;
@@ -110,6 +110,38 @@ impl DatabaseUrl {
             Self::Postgres { url, .. } | Self::Sqlite { url, .. } => url,
         }
     }
+
+    /// Why the database connection could be read or altered on the way, if it could: a
+    /// Postgres server off this machine reached without a verified certificate
+    /// (`sslmode=verify-full` or `verify-ca`). Logged as a warning at start-up.
+    pub fn tls_warning(&self) -> Option<String> {
+        let Self::Postgres { options, .. } = self else {
+            return None;
+        };
+        let host = options.get_host();
+        let local = options.get_socket().is_some() || host.starts_with('/') || is_loopback(host);
+        let verified = matches!(
+            options.get_ssl_mode(),
+            PgSslMode::VerifyFull | PgSslMode::VerifyCa
+        );
+        (!local && !verified).then(|| {
+            format!(
+                "DATABASE_URL: Postgres at `{host}` is reached without a verified TLS \
+                 certificate; anyone on the path can read or change what is stored. Add \
+                 sslmode=verify-full (and sslrootcert=… if the CA is private) to the URL"
+            )
+        })
+    }
+}
+
+/// `localhost` or a loopback address (brackets around IPv6 allowed).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where the master keys come from, settled once at start-up.
@@ -229,14 +261,7 @@ fn parse_request_timeout(input: &str) -> Result<Duration, ConfigError> {
 fn parse_amazon_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(input)
         .map_err(|err| ConfigError::new(setting, format!("`{input}` is not a URL: {err}")))?;
-    let loopback = url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
+    let loopback = url.host_str().is_some_and(is_loopback);
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
@@ -380,6 +405,31 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("redacted"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn unverified_tls_to_a_remote_postgres_is_warned_about() {
+        let warning = |url: &str| DatabaseUrl::parse(url).unwrap().tls_warning();
+        let remote = warning("postgres://registry:pw@db.internal:5432/registry").unwrap();
+        assert!(
+            remote.starts_with("DATABASE_URL: Postgres at `db.internal` is reached without")
+                && remote.contains("sslmode=verify-full")
+                && !remote.contains("pw"),
+            "{remote}"
+        );
+        // `require` encrypts but accepts any certificate: still warned.
+        assert!(warning("postgres://db.internal/registry?sslmode=require").is_some());
+        for quiet in [
+            "postgres://db.internal/registry?sslmode=verify-full",
+            "postgres://db.internal/registry?sslmode=verify-ca",
+            "postgres://postgres@127.0.0.1:5432/registry",
+            "postgres://localhost/registry",
+            "postgres://[::1]/registry",
+            "postgres:///registry?host=/var/run/postgresql",
+            "sqlite://./data/registry.db",
+        ] {
+            assert_eq!(warning(quiet), None, "{quiet}");
+        }
     }
 
     #[test]
