@@ -1,9 +1,15 @@
 //! Secrets at rest: nothing in plaintext in a dump, ciphertexts bound to their row and
 //! field, and start-up refusing a wrong or missing master key.
 
+use std::process::Stdio;
+use std::time::Duration;
+
+use connection_registry::crypto::{Field, Keyring};
 use connection_registry::domain::ConnectionId;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
@@ -18,6 +24,10 @@ both_backends!(
     restart_with_the_same_key_reads_everything_back,
     restart_with_a_wrong_or_missing_key_fails_clearly,
     a_second_key_decrypts_what_the_first_one_sealed,
+);
+crate::single!(
+    a_key_check_stored_under_the_same_id_meanwhile_stops_start_up,
+    two_replicas_started_together_with_different_keys_under_one_id_do_not_both_start,
 );
 
 /// Every byte the database holds, as text: a pg_dump, or the SQLite files.
@@ -265,5 +275,116 @@ async fn a_second_key_decrypts_what_the_first_one_sealed(backend: Backend) {
         assert_eq!(response.status(), StatusCode::OK, "connection {n}");
         assert_eq!(fake.calls_for(&refresh_token(n)), 1);
         assert_eq!(fake.calls_with_client_secret(&client_secret(n)), 1);
+    }
+}
+
+/// Guards the read-back in `app::verify_master_keys`: a replica read no check for `k1`,
+/// another replica stored its own (other bytes, same id) before this one's insert, which
+/// `ON CONFLICT DO NOTHING` then dropped, and both started, each sealing with a different
+/// `k1`. A trigger stores the other replica's check at exactly that moment.
+async fn a_key_check_stored_under_the_same_id_meanwhile_stops_start_up() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    store.close().await;
+    let other = Keyring::parse(OTHER_MASTER_KEY).unwrap();
+    let theirs = other
+        .seal_with_key(
+            "k1",
+            "key-check:k1",
+            Field::KeyCheck,
+            "connection-registry master key check",
+        )
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION other_replica_first() RETURNS trigger AS $$ BEGIN
+           IF pg_trigger_depth() = 1 THEN
+             INSERT INTO key_checks (key_id, sealed, created_at)
+             VALUES (NEW.key_id, '{}', now());
+           END IF;
+           RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER other_replica_first BEFORE INSERT ON key_checks
+           FOR EACH ROW EXECUTE FUNCTION other_replica_first();",
+        theirs.as_str()
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let err = TestApp::start(db.clone(), Some(MASTER_KEYS))
+        .await
+        .err()
+        .expect("must not start with a k1 other than the stored one");
+    assert_eq!(
+        format!("{err:#}"),
+        "REGISTRY_MASTER_KEYS: key `k1` differs from the key another replica, starting at \
+         the same time, stored under this id; every replica must be given the same keys"
+    );
+}
+
+/// The same race as two processes: started together on a fresh database with different
+/// bytes under `k1`, exactly one serves and the other exits with one line saying why.
+async fn two_replicas_started_together_with_different_keys_under_one_id_do_not_both_start() {
+    for _round in 0..3 {
+        let db = TestDb::new(Backend::Postgres).await;
+        let start = |keys: &str| {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_connection-registry"))
+                .env_clear()
+                .env("DATABASE_URL", &db.url)
+                .env("REGISTRY_MASTER_KEYS", keys)
+                .env("REGISTRY_LISTEN", "127.0.0.1:0")
+                .env("REGISTRY_LOG_FORMAT", "json")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let children = [start(MASTER_KEYS), start(OTHER_MASTER_KEY)];
+        let mut outcomes = Vec::new();
+        for mut child in children {
+            let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+            let listening = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(line) = stdout.next_line().await.unwrap() {
+                    if line.contains("\"address\"") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .expect("each process starts or exits within 20 s");
+            let mut stderr = String::new();
+            if !listening {
+                let status = child.wait().await.unwrap();
+                assert!(!status.success());
+                tokio::io::AsyncReadExt::read_to_string(
+                    &mut child.stderr.take().unwrap(),
+                    &mut stderr,
+                )
+                .await
+                .unwrap();
+            }
+            outcomes.push((listening, stderr, child));
+        }
+        let serving = outcomes.iter().filter(|(listening, ..)| *listening).count();
+        assert_eq!(
+            serving,
+            1,
+            "exactly one replica serves: {:?}",
+            outcomes
+                .iter()
+                .map(|(listening, stderr, _)| (listening, stderr))
+                .collect::<Vec<_>>()
+        );
+        let (_, refused, _) = outcomes.iter().find(|(listening, ..)| !listening).unwrap();
+        assert!(
+            refused.starts_with("connection-registry: REGISTRY_MASTER_KEYS: key `k1` ")
+                && refused.trim_end().lines().count() == 1,
+            "{refused}"
+        );
     }
 }
