@@ -4,8 +4,11 @@
 //! Every replica keeps the active keys (by hash) in memory and reloads them every
 //! `RELOAD_INTERVAL`, so a key revoked anywhere stops working everywhere within that
 //! interval. A key not yet in memory (just created on another replica) is looked up once;
-//! an unknown one is remembered as such for the same interval, so guessing costs no
-//! query each time. While the database is down, the keys already loaded keep working.
+//! an unknown one is remembered as such for the same interval. Lookups are bounded to
+//! `LOOKUPS_PER_SECOND` across all callers, so guessing many distinct keys costs at most
+//! that many queries a second; beyond it a key not in memory is refused unread, and a
+//! key just created elsewhere works at the next reload. While the database is down, the
+//! keys already loaded keep working.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +21,9 @@ use crate::store::{Store, StoreError};
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How many unknown keys are remembered before the memory starts over.
 const UNKNOWN_KEYS_REMEMBERED: usize = 10_000;
+/// Database lookups of keys not in memory, per second, across all callers (a token
+/// bucket holding at most one second's worth).
+pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
@@ -46,6 +52,36 @@ pub struct ApiKeys {
     active: Arc<RwLock<HashMap<ApiKeyHash, ApiKey>>>,
     /// Keys the database did not know, and when it said so.
     unknown: Arc<Mutex<HashMap<ApiKeyHash, Instant>>>,
+    lookups: Arc<Mutex<LookupBudget>>,
+}
+
+/// A token bucket: `LOOKUPS_PER_SECOND` a second, at most that many at once.
+struct LookupBudget {
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl LookupBudget {
+    fn new() -> Self {
+        Self {
+            tokens: f64::from(LOOKUPS_PER_SECOND),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let rate = f64::from(LOOKUPS_PER_SECOND);
+        let elapsed = now.duration_since(self.refilled_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What became of `REGISTRY_BOOTSTRAP_ADMIN_KEY` at start-up.
@@ -68,6 +104,7 @@ impl ApiKeys {
             store,
             active: Arc::default(),
             unknown: Arc::default(),
+            lookups: Arc::new(Mutex::new(LookupBudget::new())),
         }
     }
 
@@ -84,7 +121,20 @@ impl ApiKeys {
         if recently_unknown {
             return Err(ApiKeyError::UnknownKey);
         }
-        let Some(key) = self.store.find_active_api_key(hash).await? else {
+        let within_budget = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if !within_budget {
+            metrics::counter!("registry_api_key_lookups_total", "result" => "throttled")
+                .increment(1);
+            return Err(ApiKeyError::UnknownKey);
+        }
+        let found = self.store.find_active_api_key(hash).await?;
+        let result = if found.is_some() { "found" } else { "unknown" };
+        metrics::counter!("registry_api_key_lookups_total", "result" => result).increment(1);
+        let Some(key) = found else {
             let mut unknown = self.unknown();
             if unknown.len() >= UNKNOWN_KEYS_REMEMBERED {
                 unknown.clear();

@@ -6,7 +6,7 @@
 //!   within the 2 s reload once it is revoked; bad input is one line on stderr and
 //!   changes nothing.
 //! - `/metrics` counts exactly what happened: token requests by where they were served
-//!   from, LWA calls by outcome, token failures by code.
+//!   from, LWA calls by outcome, token failures by code, API-key lookups.
 //!
 //! Why processes: the subcommands are what `main` and `commands.rs` do with the process's
 //! stdout, stderr and exit status, which no in-process test sees; and the metrics
@@ -40,7 +40,10 @@ crate::both_backends!(
     api_keys_subcommands_refuse_bad_input_in_one_line_and_change_nothing,
 );
 
-crate::single!(metrics_count_exactly_the_requests_a_server_process_served);
+crate::single!(
+    metrics_count_exactly_the_requests_a_server_process_served,
+    guessing_api_keys_costs_a_bounded_number_of_queries,
+);
 
 const BINARY: &str = env!("CARGO_BIN_EXE_connection-registry");
 
@@ -697,4 +700,94 @@ async fn metrics_count_exactly_the_requests_a_server_process_served() {
             );
         }
     }
+}
+
+/// Guards the lookup budget in `ApiKeys::verify`: every distinct unknown key was one
+/// database query, so guessing cost the database a query per guess. Counted exactly by
+/// `registry_api_key_lookups_total` of a server process of this test's own.
+async fn guessing_api_keys_costs_a_bounded_number_of_queries() {
+    const GUESSES: usize = 300;
+    let budget = f64::from(connection_registry::api_keys::LOOKUPS_PER_SECOND);
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = ServerProcess::spawn(
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
+            ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
+        ],
+        dir.path(),
+    )
+    .await;
+    let lookups = |metrics: &HashMap<String, f64>, result: &str| {
+        metrics
+            .get(&format!(
+                "registry_api_key_lookups_total{{result=\"{result}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let http = reqwest::Client::new();
+    let guess = |n: usize| {
+        http.get(server.url("/connections"))
+            .bearer_auth(format!("crk_guess-{n:040}"))
+            .send()
+    };
+
+    let started = Instant::now();
+    for chunk in (0..GUESSES).collect::<Vec<_>>().chunks(30) {
+        let answers = futures_util::future::join_all(chunk.iter().map(|n| guess(*n))).await;
+        for answer in answers {
+            assert_eq!(answer.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = scrape(&server, ADMIN_KEY).await;
+    let queried = lookups(&metrics, "unknown") + lookups(&metrics, "found");
+    let throttled = lookups(&metrics, "throttled");
+    assert_eq!(queried + throttled, GUESSES as f64, "{metrics:?}");
+    // A full bucket, then the refill over the time taken.
+    let allowed = budget * (1.0 + elapsed.ceil());
+    assert!(
+        queried <= allowed,
+        "{queried} queries for {GUESSES} guesses in {elapsed:.2} s; at most {allowed}"
+    );
+
+    // A key made elsewhere (here by the CLI, as another replica would) works within the
+    // reload interval even while guesses keep the budget drained.
+    let (new_key, _) = cli(
+        &db,
+        &["api-keys", "create", "--name", "new", "--scope", "admin"],
+    )
+    .await
+    .created_key();
+    let created = Instant::now();
+    let mut n = GUESSES;
+    let waited = loop {
+        for _ in 0..30 {
+            n += 1;
+            guess(n).await.unwrap();
+        }
+        let answer = http
+            .get(server.url("/connections"))
+            .bearer_auth(&new_key)
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::OK {
+            break created.elapsed();
+        }
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            created.elapsed() < connection_registry::api_keys::RELOAD_INTERVAL * 2,
+            "the new key still fails after {:?}",
+            created.elapsed()
+        );
+    };
+    assert!(
+        waited <= connection_registry::api_keys::RELOAD_INTERVAL + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
 }
