@@ -192,13 +192,10 @@ impl TokenService {
             ignore_status: false,
         };
         let cached = self.inner.cache.get(id);
-        if let Some(grant) = cached
-            .as_ref()
-            .filter(|grant| need.accepts_token(&grant.token, now))
-        {
+        if let Some(grant) = cached.filter(|grant| need.accepts_token(&grant.token, now)) {
             grant.touch(now);
             count_served(Served::Memory);
-            return Ok((grant.clone(), Served::Memory));
+            return Ok((grant, Served::Memory));
         }
         let (grant, served) = match self.fetch_shared(id, need).await {
             Ok(grant) => (grant, Served::Fetched),
@@ -207,8 +204,11 @@ impl TokenService {
                 | TokenError::ChangedDuringFetch
                 | TokenError::Store(_)),
             ) => {
-                // A worker that reported this token as rejected gains nothing from it.
-                let usable = cached.filter(|grant| {
+                // Only what the cache holds now: a change of the connection during the
+                // fetch dropped the grant read before it, which may stem from the old
+                // credentials. A worker that reported the token as rejected (a forced
+                // refresh) gains nothing from it either.
+                let usable = self.inner.cache.get(id).filter(|grant| {
                     !force_refresh && grant.token.expires_at > crate::domain::now()
                 });
                 match usable {

@@ -12,13 +12,14 @@ use crate::fake_amazon::{FakeLwa, LwaMode};
 use crate::helpers::{
     Backend, TestApp, TestDb, patient_lwa, problem, settings, spawn_behind_proxy, spawn_tuned,
 };
-use crate::tokens::{authorize, connection, read, token, token_in_background, token_ok};
+use crate::tokens::{authorize, connection, patch_ok, read, token, token_in_background, token_ok};
 use crate::{both_backends, single};
 
 both_backends!(
     a_refusal_drops_the_cached_token,
     a_token_inside_min_ttl_is_served_stale_while_lwa_fails_but_never_expired,
     a_request_over_the_time_limit_is_answered_503,
+    a_token_from_before_a_credentials_change_is_never_served_stale,
 );
 single!(
     a_refusal_on_one_replica_stops_the_others_at_once,
@@ -255,4 +256,49 @@ async fn a_request_over_the_time_limit_is_answered_503(backend: Backend) {
     assert_eq!(body["detail"], "the request took too long; retry later");
     // Other requests are unaffected.
     assert_eq!(read(&app, &id).await["status"], "pending");
+}
+
+/// Guards the stale fallback in `TokenService::get` reading the cache after the failed
+/// fetch: it served the grant read before the fetch, so when the credentials changed
+/// during the fetch and the fetch then failed, the worker got a token minted under the
+/// old credentials.
+async fn a_token_from_before_a_credentials_change_is_never_served_stale(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_expires_in(120);
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let (old, _) = token_ok(&app, &id, "").await;
+
+    // A fetch for more life than the cached token has, slow at LWA...
+    fake.set_delay(Duration::from_millis(500));
+    let in_flight = tokio::spawn(
+        app.client
+            .get(app.url(&format!("/connections/{id}/token?min_ttl=200")))
+            .bearer_auth(crate::helpers::ADMIN_KEY)
+            .send(),
+    );
+    fake.wait_for_calls(2).await;
+    // ...during which the credentials change, and then LWA fails.
+    fake.set_mode(LwaMode::ServerError);
+    patch_ok(
+        &app,
+        &id,
+        serde_json::json!({"client_secret": crate::helpers::client_secret(2)}),
+    )
+    .await;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_ne!(
+        response
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap()),
+        Some(STALE)
+    );
+    let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
+    assert!(
+        !body
+            .to_string()
+            .contains(old["access_token"].as_str().unwrap())
+    );
 }
