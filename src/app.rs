@@ -41,6 +41,7 @@ pub struct AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    limits: crate::http::ConnectionLimits,
 }
 
 impl Application {
@@ -90,7 +91,11 @@ impl Application {
             metrics: crate::metrics::handle(),
             request_timeout: config.request_timeout,
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            limits: config.connections,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -111,14 +116,19 @@ impl Application {
         ];
         let store = self.state.store.clone();
         tracing::info!(address = %self.local_addr(), "listening");
-        let served = axum::serve(self.listener, crate::http::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = self.limits;
+        crate::http::serve(
+            self.listener,
+            crate::http::router(self.state),
+            limits,
+            shutdown,
+        )
+        .await;
         for task in background {
             task.abort();
         }
         store.close().await;
-        served.context("server error")
+        Ok(())
     }
 }
 

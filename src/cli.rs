@@ -68,6 +68,25 @@ pub struct Settings {
     )]
     pub request_timeout: String,
 
+    /// Seconds a client has to send a request's headers (1–300); on a kept-alive
+    /// connection the clock starts when it goes idle, so this also closes idle ones.
+    #[arg(
+        long,
+        env = "REGISTRY_HEADER_READ_TIMEOUT",
+        default_value = "10",
+        global = true
+    )]
+    pub header_read_timeout: String,
+
+    /// Most connections open at once (1–100000); more wait to be accepted.
+    #[arg(
+        long,
+        env = "REGISTRY_MAX_CONNECTIONS",
+        default_value = "10000",
+        global = true
+    )]
+    pub max_connections: String,
+
     /// Log format [default: pretty on a terminal, else json]. The filter is RUST_LOG.
     #[arg(long, env = "REGISTRY_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,

@@ -15,6 +15,7 @@ use crate::amazon::lwa::LwaSettings;
 use crate::cli::Settings;
 use crate::crypto::Keyring;
 use crate::domain::ApiKeyToken;
+use crate::http::ConnectionLimits;
 use crate::tokens::TokenSettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/registry.db";
@@ -46,6 +47,10 @@ const SPAPI_URL: &str = "REGISTRY_SPAPI_URL (--spapi-url)";
 const REQUEST_TIMEOUT: &str = "REGISTRY_REQUEST_TIMEOUT (--request-timeout)";
 /// Bounds of `REGISTRY_REQUEST_TIMEOUT`, in seconds.
 const REQUEST_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=600;
+const HEADER_READ_TIMEOUT: &str = "REGISTRY_HEADER_READ_TIMEOUT (--header-read-timeout)";
+const HEADER_READ_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=300;
+const MAX_CONNECTIONS: &str = "REGISTRY_MAX_CONNECTIONS (--max-connections)";
+const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000;
 
 /// `DATABASE_URL`, parsed: which backend, and its connect options.
 #[derive(Clone)]
@@ -173,6 +178,9 @@ pub struct Config {
     pub spapi_url: Option<Url>,
     /// The longest a request may take; answered 503 `request_timeout` after it.
     pub request_timeout: Duration,
+    /// What a client connection may cost: its header-read (and idle) time, and how many
+    /// may be open at once.
+    pub connections: ConnectionLimits,
     /// Timeouts and retries of the LWA exchange (not settable from outside; tests tune it).
     pub lwa: LwaSettings,
     /// Refresh-ahead pacing (likewise).
@@ -218,7 +226,26 @@ impl Config {
                 ApiKeyToken::parse(key).map_err(|err| ConfigError::new(BOOTSTRAP_ADMIN_KEY, err.0))
             })
             .transpose()?;
-        let request_timeout = parse_request_timeout(&settings.request_timeout)?;
+        let request_timeout = Duration::from_secs(parse_number(
+            REQUEST_TIMEOUT,
+            &settings.request_timeout,
+            REQUEST_TIMEOUT_SECS,
+            "a number of seconds",
+        )?);
+        let connections = ConnectionLimits {
+            header_read_timeout: Duration::from_secs(parse_number(
+                HEADER_READ_TIMEOUT,
+                &settings.header_read_timeout,
+                HEADER_READ_TIMEOUT_SECS,
+                "a number of seconds",
+            )?),
+            max_connections: parse_number(
+                MAX_CONNECTIONS,
+                &settings.max_connections,
+                MAX_CONNECTIONS_RANGE,
+                "a number",
+            )? as usize,
+        };
         Ok(Self {
             database_url,
             listen,
@@ -231,26 +258,32 @@ impl Config {
                 .map(|url| parse_amazon_url(SPAPI_URL, url))
                 .transpose()?,
             request_timeout,
+            connections,
             lwa: LwaSettings::default(),
             tokens: TokenSettings::default().within_request_timeout(request_timeout),
         })
     }
 }
 
-fn parse_request_timeout(input: &str) -> Result<Duration, ConfigError> {
+/// A whole number within `range`; `what` names it in the error ("a number of seconds").
+fn parse_number(
+    setting: &'static str,
+    input: &str,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<u64, ConfigError> {
     input
         .trim()
         .parse::<u64>()
         .ok()
-        .filter(|secs| REQUEST_TIMEOUT_SECS.contains(secs))
-        .map(Duration::from_secs)
+        .filter(|n| range.contains(n))
         .ok_or_else(|| {
             ConfigError::new(
-                REQUEST_TIMEOUT,
+                setting,
                 format!(
-                    "`{input}` is not a number of seconds from {} to {}",
-                    REQUEST_TIMEOUT_SECS.start(),
-                    REQUEST_TIMEOUT_SECS.end()
+                    "`{input}` is not {what} from {} to {}",
+                    range.start(),
+                    range.end()
                 ),
             )
         })
@@ -384,6 +417,41 @@ mod tests {
         ] {
             let parsed = config(&["--lwa-token-url", fine, "--spapi-url", fine]).unwrap();
             assert_eq!(parsed.lwa_token_url.as_str(), fine);
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_settable_and_bounded() {
+        let default = config(&[]).unwrap();
+        assert_eq!(
+            default.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(10),
+                max_connections: 10_000,
+            }
+        );
+        let set = config(&["--header-read-timeout", "3", "--max-connections", "64"]).unwrap();
+        assert_eq!(set.connections.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(set.connections.max_connections, 64);
+        for bad in ["0", "301", "ten"] {
+            let err = config(&["--header-read-timeout", bad]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "REGISTRY_HEADER_READ_TIMEOUT (--header-read-timeout): `{bad}` is not a \
+                     number of seconds from 1 to 300"
+                )
+            );
+        }
+        for bad in ["0", "100001", "-1"] {
+            let err = config(&[&format!("--max-connections={bad}")]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "REGISTRY_MAX_CONNECTIONS (--max-connections): `{bad}` is not a number \
+                     from 1 to 100000"
+                )
+            );
         }
     }
 

@@ -519,8 +519,21 @@ mod tests {
         assert_eq!(scrub_code("invalid_request"), "invalid_request");
         assert_eq!(scrub_code("bad code\n<script>"), "badcodescript");
         assert_eq!(scrub_code(&"x".repeat(100)).len(), 64);
+        // What we sent is removed before the code is cut to a word (else the secret's
+        // letters and digits would survive the cut).
+        let scrubber = Scrubber {
+            sent: ["Atzr|IwEBIsent-refresh-token", "sent-client-secret-0123"],
+        };
+        assert_eq!(
+            scrubber.code("Atzr|IwEBIsent-refresh-token sent-client-secret-0123"),
+            "redactedredacted"
+        );
+        assert_eq!(
+            scrubber.text("bad: Atzr|IwEBIsent-refresh-token"),
+            "bad: [redacted]"
+        );
         match classify_error(
-            "invalid request\n",
+            &scrubber.code("invalid request\n"),
             "Missing parameter".into(),
             StatusCode::BAD_REQUEST,
             None,

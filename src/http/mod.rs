@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod fields;
 mod health;
+mod serve;
 mod tokens;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::app::AppState;
 pub use error::ApiError;
 pub use extract::BODY_LIMIT;
+pub use serve::{ConnectionLimits, serve};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

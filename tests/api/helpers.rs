@@ -189,6 +189,8 @@ pub fn settings(db: &TestDb, master_keys: Option<&str>) -> Settings {
         spapi_url: None,
         log_format: None,
         request_timeout: "60".into(),
+        header_read_timeout: "10".into(),
+        max_connections: "10000".into(),
     }
 }
 

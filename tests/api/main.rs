@@ -12,6 +12,7 @@ mod lwa_answers;
 mod operators;
 mod scopes;
 mod secrets;
+mod slow_clients;
 mod startup;
 mod storage;
 mod token_cache;
