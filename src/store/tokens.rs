@@ -69,15 +69,40 @@ impl Store {
     }
 
     /// Change notifications from every replica; `None` on SQLite.
-    pub fn change_listener(&self) -> Option<ChangeListener> {
+    /// Postgres only (one SQLite process has no other replica): the change listener.
+    /// `heartbeat`: after this long without a notification, the listener checks that its
+    /// connection still answers, within the same time, and reconnects if not.
+    pub fn change_listener(&self, heartbeat: Duration) -> Option<ChangeListener> {
         match &self.pool {
             Pool::Postgres(pool) => Some(ChangeListener {
                 pool: pool.clone(),
                 listener: None,
                 connected_before: false,
+                heartbeat,
             }),
             Pool::Sqlite(_) => None,
         }
+    }
+
+    /// The current versions of those of `ids` that still exist (Postgres only; empty on
+    /// SQLite, where no other process changes rows behind this one's back).
+    pub async fn connection_versions(
+        &self,
+        ids: &[ConnectionId],
+    ) -> Result<Vec<(ConnectionId, i64)>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        let uuids: Vec<uuid::Uuid> = ids.iter().map(ConnectionId::as_uuid).collect();
+        let rows: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as("SELECT id, version FROM connections WHERE id = ANY($1)")
+                .bind(uuids)
+                .fetch_all(pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, version)| (ConnectionId::from(id), version))
+            .collect())
     }
 }
 
@@ -136,43 +161,68 @@ pub struct ChangeListener {
     pool: PgPool,
     listener: Option<PgListener>,
     connected_before: bool,
+    heartbeat: Duration,
 }
 
 impl ChangeListener {
     /// The next change; reconnects (every second) while the database is unreachable.
+    ///
+    /// A link can die silently (a NAT or load balancer forgetting an idle connection, a
+    /// half-open socket after a failover): no error, just no more notifications. So a
+    /// quiet link is asked `SELECT 1` every `heartbeat`, and one that does not answer
+    /// within `heartbeat` is replaced; the reconnect reports `MaybeMissed`.
     pub async fn next(&mut self) -> Change {
         loop {
             let listener = match &mut self.listener {
                 Some(listener) => listener,
                 None => match self.connect().await {
-                    Ok(listener) => {
+                    Ok(Ok(listener)) => {
                         let listener = self.listener.insert(listener);
                         if std::mem::replace(&mut self.connected_before, true) {
                             return Change::MaybeMissed;
                         }
                         listener
                     }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "cannot listen for changes yet");
+                    failed => {
+                        let reason = match failed {
+                            Ok(Err(err)) => err.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        tracing::debug!(error = reason, "cannot listen for changes yet");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 },
             };
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match ConnectionId::parse(notification.payload()) {
+            match tokio::time::timeout(self.heartbeat, listener.try_recv()).await {
+                Ok(Ok(Some(notification))) => match ConnectionId::parse(notification.payload()) {
                     Ok(id) => return Change::Connection(id),
                     Err(_) => tracing::warn!("ignoring a malformed change notification"),
                 },
                 // The connection dropped; reconnect on the next turn.
-                Ok(None) | Err(_) => self.listener = None,
+                Ok(Ok(None) | Err(_)) => self.listener = None,
+                Err(_quiet) => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                    if !matches!(tokio::time::timeout(self.heartbeat, ping).await, Ok(Ok(_))) {
+                        tracing::warn!(
+                            "the change listener's database connection stopped answering; \
+                             reconnecting"
+                        );
+                        self.listener = None;
+                    }
+                }
             }
         }
     }
 
-    async fn connect(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANGES_CHANNEL).await?;
-        Ok(listener)
+    async fn connect(
+        &self,
+    ) -> Result<Result<PgListener, sqlx::Error>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(self.heartbeat.max(Duration::from_secs(1)), async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok(listener)
+        })
+        .await
     }
 }

@@ -246,6 +246,7 @@ fn grant(
         merchant_token: c.merchant_token.clone(),
         marketplace_ids: c.marketplace_ids.clone(),
         endpoint: service.inner.hosts.endpoint(c.region, c.environment),
+        version: row.version,
         last_used: AtomicI64::new(now.timestamp_millis()),
     })
 }

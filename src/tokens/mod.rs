@@ -85,6 +85,8 @@ pub struct Grant {
     pub merchant_token: MerchantToken,
     pub marketplace_ids: Vec<String>,
     pub endpoint: SpApiEndpoint,
+    /// The connection row's version this grant was read from or written with.
+    version: i64,
     /// Unix milliseconds of the last request for it; idle grants are neither refreshed
     /// nor kept.
     last_used: AtomicI64,

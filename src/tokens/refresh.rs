@@ -1,11 +1,12 @@
 //! Background work: refreshing tokens in use before they expire, forgetting idle ones,
 //! and applying other replicas' changes.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use super::{Need, TokenService};
 use crate::domain::now;
-use crate::store::Change;
+use crate::store::{Backend, Change};
 
 /// A fetch never outlives this; invalidations older than it need no bookkeeping.
 const LONGEST_FETCH: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -56,7 +57,8 @@ impl TokenService {
 
     /// Applies other replicas' changes to this cache (Postgres only).
     pub async fn follow_changes(self) {
-        let Some(mut listener) = self.inner.store.change_listener() else {
+        let heartbeat = self.inner.settings.listener_heartbeat;
+        let Some(mut listener) = self.inner.store.change_listener(heartbeat) else {
             return;
         };
         loop {
@@ -65,6 +67,51 @@ impl TokenService {
                 Change::MaybeMissed => {
                     tracing::info!("change notifications resumed; re-reading cached connections");
                     self.inner.cache.invalidate_all();
+                }
+            }
+        }
+    }
+}
+
+impl TokenService {
+    /// Bounds how long a change can go unseen when its notification is lost: every
+    /// `version_check_interval`, one query per few thousand cached connections compares
+    /// their versions with the database's, and drops what changed or is gone. While the
+    /// database cannot be reached, nothing is dropped: cached tokens keep being served.
+    pub async fn recheck_versions_periodically(self) {
+        if self.inner.store.backend() == Backend::Sqlite {
+            return;
+        }
+        let every = self.inner.settings.version_check_interval;
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(err) = tokio::time::timeout(every, self.recheck_versions()).await {
+                tracing::debug!(error = %err, "version re-check timed out");
+            }
+        }
+    }
+
+    async fn recheck_versions(&self) {
+        const CHUNK: usize = 5_000;
+        let cached = self.inner.cache.snapshot();
+        for chunk in cached.chunks(CHUNK) {
+            let ids: Vec<_> = chunk.iter().map(|(id, _)| *id).collect();
+            let current: HashMap<_, _> = match self.inner.store.connection_versions(&ids).await {
+                Ok(versions) => versions.into_iter().collect(),
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot re-check cached versions");
+                    return;
+                }
+            };
+            for (id, grant) in chunk {
+                let stale = current
+                    .get(id)
+                    .is_none_or(|version| *version > grant.version);
+                if stale {
+                    tracing::info!(connection_id = %id, "a change was missed by notification; dropping the cached token");
+                    self.invalidate(*id);
                 }
             }
         }

@@ -21,6 +21,13 @@ pub struct TokenSettings {
     /// before answering `token_fetch_in_progress`; below the request time limit, so the
     /// caller hears why.
     pub lock_wait: Duration,
+    /// How often each replica compares the versions of the connections it has cached
+    /// with the database's (Postgres), so a change whose notification was lost is seen
+    /// within about this long.
+    pub version_check_interval: Duration,
+    /// After this long without a notification, the change listener checks its link
+    /// (and gives it as long to answer).
+    pub listener_heartbeat: Duration,
 }
 
 impl TokenSettings {
@@ -41,6 +48,8 @@ impl Default for TokenSettings {
             idle_after: TimeDelta::minutes(15),
             force_refresh_min_age: TimeDelta::seconds(5),
             lock_wait: Duration::from_secs(45),
+            version_check_interval: Duration::from_secs(5),
+            listener_heartbeat: Duration::from_secs(5),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! A TCP proxy in front of Postgres that a test can cut, to make the database unreachable
-//! for one app without stopping the server every other test uses. It counts the bytes the
-//! app sends, so a test can tell whether something queried the database.
+//! for one app without stopping the server every other test uses, or stall, to make the
+//! app's open connections die silently (as behind a NAT or load balancer that forgot
+//! them) while new ones work. It counts the bytes the app sends, so a test can tell
+//! whether something queried the database.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,8 +16,14 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    links: Arc<Mutex<Vec<Link>>>,
     accept: JoinHandle<()>,
+}
+
+/// One relayed connection, and whether it has been stalled.
+struct Link {
+    task: JoinHandle<()>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl TcpProxy {
@@ -24,7 +32,7 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let sent = Arc::new(AtomicU64::new(0));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let links: Arc<Mutex<Vec<Link>>> = Arc::default();
         let accept = tokio::spawn({
             let up = up.clone();
             let sent = sent.clone();
@@ -34,8 +42,9 @@ impl TcpProxy {
                     if !up.load(Ordering::SeqCst) {
                         continue; // dropped: the connection is refused at once
                     }
-                    let link = tokio::spawn(relay(client, target, sent.clone()));
-                    links.lock().unwrap().push(link);
+                    let stalled = Arc::new(AtomicBool::new(false));
+                    let task = tokio::spawn(relay(client, target, sent.clone(), stalled.clone()));
+                    links.lock().unwrap().push(Link { task, stalled });
                 }
             }
         });
@@ -52,7 +61,15 @@ impl TcpProxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
+            link.task.abort();
+        }
+    }
+
+    /// Every connection open now stops passing bytes, both ways, but stays open: no
+    /// error, no close, just silence. Connections made later pass as usual.
+    pub fn stall(&self) {
+        for link in self.links.lock().unwrap().iter() {
+            link.stalled.store(true, Ordering::SeqCst);
         }
     }
 
@@ -66,8 +83,14 @@ impl TcpProxy {
     }
 }
 
-/// Copies both ways until either side closes, counting what the client sends.
-async fn relay(client: TcpStream, target: SocketAddr, sent: Arc<AtomicU64>) {
+/// Copies both ways until either side closes, counting what the client sends. Once
+/// stalled, what is read is dropped and nothing more is read: the sockets stay open.
+async fn relay(
+    client: TcpStream,
+    target: SocketAddr,
+    sent: Arc<AtomicU64>,
+    stalled: Arc<AtomicBool>,
+) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
@@ -76,16 +99,29 @@ async fn relay(client: TcpStream, target: SocketAddr, sent: Arc<AtomicU64>) {
     let up = async {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+            if stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             sent.fetch_add(n as u64, Ordering::SeqCst);
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
         }
     };
-    let down = tokio::io::copy(&mut server_read, &mut client_write);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+            if stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        () = up => {}
+        () = down => {}
     }
 }
 

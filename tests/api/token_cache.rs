@@ -10,7 +10,8 @@ use sqlx::Connection;
 
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
-    Backend, TestApp, TestDb, patient_lwa, problem, refresh_token, spawn_behind_proxy, spawn_tuned,
+    Backend, MASTER_KEYS, TestApp, TestDb, patient_lwa, problem, refresh_token, settings,
+    spawn_behind_proxy, spawn_tuned,
 };
 use crate::tokens::{connection, patch_ok, token, token_in_background, token_ok};
 use crate::{both_backends, single};
@@ -28,6 +29,8 @@ single!(
     a_listener_reconnect_drops_every_cached_token,
     a_fetch_under_way_when_the_listener_reconnects_does_not_cache,
     a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it,
+    a_change_whose_notification_is_lost_is_seen_by_the_version_check,
+    a_replica_whose_database_link_stalls_stops_serving_a_deleted_connection,
 );
 
 const CACHE_HIT: &str = "connection-registry; hit";
@@ -92,6 +95,9 @@ async fn a_tick_reads_nothing_for_tokens_not_due() {
     let (app, proxy) = spawn_behind_proxy(&fake, |config| {
         config.tokens.refresh_tick = Duration::from_millis(50);
         config.tokens.refresh_spacing = Duration::ZERO;
+        // Their queries are not what is measured here.
+        config.tokens.version_check_interval = Duration::from_secs(3600);
+        config.tokens.listener_heartbeat = Duration::from_secs(3600);
     })
     .await;
     let mut ids = Vec::new();
@@ -355,4 +361,90 @@ async fn a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it() {
         now["access_token"], forced["access_token"],
         "the newest is kept"
     );
+}
+
+/// Polls `app` for `id`'s token until it is 404, for at most `limit`; returns how long
+/// that took, and every other answer seen meanwhile.
+async fn until_not_found(app: &TestApp, id: &str, limit: Duration) -> (Duration, Vec<String>) {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let response = token(app, id, "").await;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return (started.elapsed(), seen);
+        }
+        let cache = response
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        seen.push(format!("{status} {cache}"));
+        assert!(
+            started.elapsed() < limit,
+            "still answered after {limit:?}: {:?}",
+            &seen[seen.len().saturating_sub(5)..]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Guards `recheck_versions_periodically`: a change whose notification never came (here
+/// a row deleted behind the service's back) was served from the cache until the token
+/// expired, up to an hour.
+async fn a_change_whose_notification_is_lost_is_seen_by_the_version_check() {
+    let fake = FakeLwa::start().await;
+    let app = spawn_tuned(Backend::Postgres, &fake, |config| {
+        config.tokens.version_check_interval = Duration::from_millis(500);
+    })
+    .await;
+    let id = connection(&app, 1).await;
+    token_ok(&app, &id, "").await;
+    let (_, cache) = token_ok(&app, &id, "").await;
+    assert_eq!(cache, CACHE_HIT);
+
+    let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    let deleted = sqlx::query("DELETE FROM connections WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+
+    let (took, _) = until_not_found(&app, &id, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// Guards the listener's heartbeat: with its link to the database stalled (open, but
+/// passing nothing), replica B kept serving a connection replica A had deleted, with no
+/// error to notice, until refresh-ahead. The version check is off here, so only the
+/// heartbeat can notice.
+async fn a_replica_whose_database_link_stalls_stops_serving_a_deleted_connection() {
+    let fake = FakeLwa::start().await;
+    let a = spawn_tuned(Backend::Postgres, &fake, |_| {}).await;
+    let proxy = crate::proxy::TcpProxy::start(crate::helpers::postgres_addr()).await;
+    let mut via_proxy = settings(&a.db, Some(MASTER_KEYS));
+    via_proxy.database_url = Some(a.db.url_via(proxy.addr));
+    via_proxy.lwa_token_url = fake.token_url.clone();
+    let b = TestApp::start_tuned(a.db.clone(), via_proxy, |config| {
+        config.tokens.listener_heartbeat = Duration::from_millis(500);
+        config.tokens.version_check_interval = Duration::from_secs(3600);
+    })
+    .await
+    .expect("replica B starts");
+    let id = connection(&a, 1).await;
+    token_ok(&a, &id, "").await;
+    token_ok(&b, &id, "").await;
+    let (_, cache) = token_ok(&b, &id, "").await;
+    assert_eq!(cache, CACHE_HIT);
+
+    proxy.stall();
+    let deleted = a
+        .delete(&format!("/connections/{id}"), crate::helpers::ADMIN_KEY)
+        .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    // The heartbeat notices within about two beats; reconnecting may first meet the
+    // pool's stalled connections (up to a second each here). Before, it never ended.
+    let (took, seen) = until_not_found(&b, &id, Duration::from_secs(20)).await;
+    assert!(took < Duration::from_secs(12), "{took:?}: {seen:?}");
 }
