@@ -456,13 +456,13 @@ mod tests {
     }
 
     #[test]
-    fn the_request_timeout_bounds_the_token_lock_wait() {
+    fn the_request_timeout_bounds_the_token_lease_wait() {
         let default = config(&[]).unwrap();
         assert_eq!(default.request_timeout, Duration::from_secs(60));
-        assert_eq!(default.tokens.lock_wait, Duration::from_secs(45));
+        assert_eq!(default.tokens.lease_wait, Duration::from_secs(45));
         let short = config(&["--request-timeout", "8"]).unwrap();
         assert_eq!(short.request_timeout, Duration::from_secs(8));
-        assert_eq!(short.tokens.lock_wait, Duration::from_secs(6));
+        assert_eq!(short.tokens.lease_wait, Duration::from_secs(6));
     }
 
     #[test]

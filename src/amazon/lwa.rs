@@ -167,6 +167,13 @@ impl LwaClient {
         }
     }
 
+    /// The longest one `refresh` can take: every attempt timing out, with the longest
+    /// wait between them.
+    pub fn longest_exchange(&self) -> Duration {
+        let attempts = self.settings.max_attempts.max(1);
+        self.settings.request_timeout * attempts + self.settings.max_backoff * (attempts - 1)
+    }
+
     /// Full jitter: a random wait up to the exponential bound.
     fn backoff(&self, attempt: u32) -> Duration {
         let bound = self

@@ -179,7 +179,13 @@ fn store_error(err: &StoreError) -> ApiError {
             code: "conflict",
             detail: "the resource changed concurrently; retry".into(),
         },
-        // Only token locks wait: another replica's LWA exchange for this connection is slow.
+        StoreError::Exhausted => ApiError::RetryLater {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "database_busy",
+            detail: "every database connection of this replica is busy; retry".into(),
+            retry_after_secs: 1,
+        },
+        // Only token leases wait: another replica's LWA exchange for this connection is slow.
         StoreError::Busy => ApiError::RetryLater {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "token_fetch_in_progress",

@@ -73,7 +73,11 @@ impl Store {
 
     pub async fn get_connection(&self, id: ConnectionId) -> Result<ConnectionRow, StoreError> {
         let columns: ConnectionColumns = on_pool!(self, pool =>
-            sqlx::query_as(SELECT_CONNECTION).bind(id.as_uuid()).fetch_one(pool).await)?;
+            sqlx::query_as(SELECT_CONNECTION)
+                .bind(id.as_uuid())
+                .fetch_one(pool)
+                .await
+                .map_err(|err| super::pool_error(err, pool)))?;
         columns.try_into()
     }
 

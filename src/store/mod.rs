@@ -3,7 +3,7 @@
 //!
 //! Both dialects take `$n` parameters and their column types decode into the same Rust
 //! types, so each query is written once and `on_pool!` runs it on whichever pool is open.
-//! Queries live by concern (`connections.rs`, `api_keys.rs`; the token lock and change
+//! Queries live by concern (`connections.rs`, `api_keys.rs`; the token lease and change
 //! notifications in `tokens.rs`); connecting and migrations per backend in `postgres.rs`
 //! and `sqlite.rs`; column mapping in `rows.rs`. Failures leave this module as
 //! `StoreError`, never as `sqlx::Error`.
@@ -25,7 +25,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
-pub use tokens::{Change, ChangeListener, TokenLock};
+pub use tokens::{Change, ChangeListener, TokenLease};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +37,9 @@ pub enum StoreError {
     /// Waited too long for a lock another replica holds (its LWA exchange is slow).
     #[error("timed out waiting for a lock")]
     Busy,
+    /// Every connection of this replica's pool stayed busy for the whole acquire timeout.
+    #[error("every database connection is busy")]
+    Exhausted,
     /// The database cannot be reached; worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -102,8 +105,6 @@ pub struct ConnectionFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    /// Postgres only: connections for token locks (see `postgres::connect`).
-    token_locks: Option<PgPool>,
 }
 
 #[derive(Clone)]
@@ -120,6 +121,25 @@ macro_rules! on_pool {
             $crate::store::Pool::Sqlite($pool) => $body,
         }
     };
+}
+
+/// `PoolTimedOut` means either that every connection was busy the whole wait (this
+/// replica is overloaded: `Exhausted`) or that none could be opened (`Unavailable`).
+/// Applied where a caller waits on the pool on the token path (reading a connection,
+/// the token lease), so overload is not reported as an outage.
+pub(crate) fn pool_error<DB: sqlx::Database>(
+    err: sqlx::Error,
+    pool: &sqlx::Pool<DB>,
+) -> StoreError {
+    let saturated = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+    classify_timeout(err, saturated)
+}
+
+fn classify_timeout(err: sqlx::Error, saturated: bool) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut if saturated => StoreError::Exhausted,
+        other => other.into(),
+    }
 }
 
 /// The connection columns in `bind_connection` order (a macro, so `concat!` can use it).
@@ -168,15 +188,10 @@ impl Store {
         match url {
             DatabaseUrl::Sqlite { options, .. } => Ok(Self {
                 pool: Pool::Sqlite(sqlite::connect(options.clone()).await?),
-                token_locks: None,
             }),
-            DatabaseUrl::Postgres { options, .. } => {
-                let (pool, token_locks) = postgres::connect(options.clone()).await?;
-                Ok(Self {
-                    pool: Pool::Postgres(pool),
-                    token_locks: Some(token_locks),
-                })
-            }
+            DatabaseUrl::Postgres { options, .. } => Ok(Self {
+                pool: Pool::Postgres(postgres::connect(options.clone()).await?),
+            }),
         }
     }
 
@@ -197,9 +212,6 @@ impl Store {
 
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
-        if let Some(locks) = &self.token_locks {
-            locks.close().await;
-        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -227,5 +239,26 @@ impl Store {
             .await
             .map(|done| done.rows_affected()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_timeout_is_exhaustion_only_when_every_connection_is_busy() {
+        assert!(matches!(
+            classify_timeout(sqlx::Error::PoolTimedOut, true),
+            StoreError::Exhausted
+        ));
+        assert!(matches!(
+            classify_timeout(sqlx::Error::PoolTimedOut, false),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify_timeout(sqlx::Error::RowNotFound, true),
+            StoreError::NotFound
+        ));
     }
 }

@@ -10,21 +10,14 @@ use super::StoreError;
 
 pub(super) static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The pool for every query, and a separate one for token locks: a lock's transaction
-/// stays open while LWA answers (seconds when it is slow), and an LWA outage must not
-/// take the connections that reads, writes and readiness need.
-pub(super) async fn connect(options: PgConnectOptions) -> Result<(PgPool, PgPool), StoreError> {
-    let main = PgPoolOptions::new()
+/// One pool for every query: each is short, since no connection is held while LWA
+/// answers (the token lease is a row, not a transaction).
+pub(super) async fn connect(options: PgConnectOptions) -> Result<PgPool, StoreError> {
+    let pool = PgPoolOptions::new()
         .max_connections(16)
         // Fail fast when the database is down: callers answer 503 rather than hang.
         .acquire_timeout(Duration::from_secs(3))
-        .connect_with(options.clone())
+        .connect_with(options)
         .await?;
-    let locks = PgPoolOptions::new()
-        .max_connections(8)
-        .min_connections(0)
-        // Waiting here means other connections' exchanges are under way: worth a wait.
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options);
-    Ok((main, locks))
+    Ok(pool)
 }

@@ -1,74 +1,115 @@
-//! What the token service needs beyond plain reads and writes: a per-connection lock that
-//! spans replicas while one of them talks to LWA, and the change notifications (sent by
-//! every connection write) that make every replica drop a cached token at once.
+//! What the token service needs beyond plain reads and writes: a per-connection lease
+//! that lets one fetch of one replica at a time exchange the refresh token with LWA, and
+//! the change notifications (sent by every connection write) that make every replica
+//! drop a cached token at once.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Postgres, SqlitePool, Transaction};
+use uuid::Uuid;
 
 use super::rows::{ConnectionColumns, bind_connection};
-use super::{CHANGES_CHANNEL, Pool, SELECT_CONNECTION, Store, StoreError, UPDATE_CONNECTION};
+use super::{CHANGES_CHANNEL, ConnectionRow, Pool, Store, StoreError, UPDATE_CONNECTION};
 use crate::domain::ConnectionId;
 
-/// The right to exchange one connection's refresh token. On Postgres it is a transaction
-/// holding an advisory lock, so replicas take turns and the later ones find the earlier
-/// one's token; on SQLite (one process) the in-process single flight already serializes.
-pub struct TokenLock {
-    conn: LockConn,
-}
+/// Claims the lease of row `$1` for `$3` for `$2` seconds, unless another holder's lease
+/// is still running; returns the row when claimed. Postgres's clock decides, so replicas'
+/// clocks need not agree.
+static CLAIM_LEASE: LazyLock<String> = LazyLock::new(|| {
+    concat!(
+        "UPDATE connections SET token_lease_until = now() + make_interval(secs => $2), \
+         token_lease_holder = $3 \
+         WHERE id = $1 AND (token_lease_until IS NULL OR token_lease_until < now()) \
+         RETURNING ",
+        connection_columns!()
+    )
+    .to_owned()
+});
 
-enum LockConn {
-    Postgres(Transaction<'static, Postgres>),
-    Sqlite(SqlitePool),
-}
+/// `UPDATE_CONNECTION`, only while `$28` holds the lease, which it gives up.
+static WRITE_UNDER_LEASE: LazyLock<String> = LazyLock::new(|| {
+    UPDATE_CONNECTION.replace(
+        " WHERE id = $1",
+        ", token_lease_until = NULL, token_lease_holder = NULL \
+         WHERE token_lease_holder = $28 AND id = $1",
+    )
+});
 
-/// Runs `$body` with `$exec` bound to the lock's transaction or pool.
-macro_rules! on_lock {
-    ($lock:expr, $exec:ident => $body:expr) => {
-        match &mut $lock.conn {
-            LockConn::Postgres(tx) => {
-                let $exec = &mut **tx;
-                $body
-            }
-            LockConn::Sqlite(pool) => {
-                let $exec = &*pool;
-                $body
-            }
-        }
-    };
+const RELEASE_LEASE: &str = "UPDATE connections SET token_lease_until = NULL, \
+    token_lease_holder = NULL WHERE id = $1 AND token_lease_holder = $2";
+
+/// The right to exchange one connection's refresh token. On Postgres it is a lease in the
+/// connection's row: no database connection is held while LWA answers, so slow LWA
+/// exchanges cannot take the connections everything else needs. Other replicas' fetches
+/// of the same connection wait for it to end, then find its token. On SQLite (one
+/// process) the in-process single flight already serializes, and the lease is nothing.
+pub struct TokenLease {
+    id: ConnectionId,
+    holder: Option<(PgPool, Uuid)>,
+    sqlite: Option<sqlx::SqlitePool>,
 }
 
 impl Store {
-    /// Waits until no other replica is exchanging this connection's token; `Busy` after
-    /// `wait`.
-    pub async fn lock_for_token(
+    /// Claims `id`'s lease for `lease`, waiting while another fetch holds it: `Busy` after
+    /// `wait`. Returns the row as it is once claimed (another replica may have stored a
+    /// fresh token meanwhile).
+    pub async fn lease_token(
         &self,
         id: ConnectionId,
+        lease: Duration,
         wait: Duration,
-    ) -> Result<TokenLock, StoreError> {
-        let conn = match &self.pool {
-            Pool::Postgres(pool) => {
-                let mut tx = self.token_locks.as_ref().unwrap_or(pool).begin().await?;
-                // Whole milliseconds: SET takes no bind parameters.
-                sqlx::query(&format!(
-                    "SET LOCAL lock_timeout = {}",
-                    wait.as_millis().max(1)
-                ))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(advisory_key(id))
-                    .execute(&mut *tx)
-                    .await?;
-                LockConn::Postgres(tx)
+    ) -> Result<(TokenLease, ConnectionRow), StoreError> {
+        let pool = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let row = self.get_connection(id).await?;
+                let lease = TokenLease {
+                    id,
+                    holder: None,
+                    sqlite: Some(pool.clone()),
+                };
+                return Ok((lease, row));
             }
-            Pool::Sqlite(pool) => LockConn::Sqlite(pool.clone()),
+            Pool::Postgres(pool) => pool,
         };
-        Ok(TokenLock { conn })
+        let holder = Uuid::new_v4();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let claimed: Option<ConnectionColumns> = sqlx::query_as(&CLAIM_LEASE)
+                .bind(id.as_uuid())
+                .bind(lease.as_secs_f64())
+                .bind(holder)
+                .fetch_optional(pool)
+                .await
+                .map_err(|err| super::pool_error(err, pool))?;
+            if let Some(columns) = claimed {
+                let lease = TokenLease {
+                    id,
+                    holder: Some((pool.clone(), holder)),
+                    sqlite: None,
+                };
+                return Ok((lease, columns.try_into()?));
+            }
+            // Held by another fetch, or gone.
+            let exists: Option<(i64,)> =
+                sqlx::query_as("SELECT version FROM connections WHERE id = $1")
+                    .bind(id.as_uuid())
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|err| super::pool_error(err, pool))?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(StoreError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
-    /// Change notifications from every replica; `None` on SQLite.
     /// Postgres only (one SQLite process has no other replica): the change listener.
     /// `heartbeat`: after this long without a notification, the listener checks that its
     /// connection still answers, within the same time, and reconnects if not.
@@ -106,48 +147,81 @@ impl Store {
     }
 }
 
-impl TokenLock {
-    pub async fn read(&mut self, id: ConnectionId) -> Result<super::ConnectionRow, StoreError> {
-        let columns: ConnectionColumns = on_lock!(self, exec =>
-            sqlx::query_as(SELECT_CONNECTION).bind(id.as_uuid()).fetch_one(exec).await)?;
-        columns.try_into()
-    }
-
-    /// A version-checked write, like `Store::update_connection`; `Conflict` if the row
-    /// changed (or went) since it was read.
-    pub async fn write(&mut self, row: &super::ConnectionRow) -> Result<(), StoreError> {
+impl TokenLease {
+    /// A version-checked write that gives up the lease, like `Store::update_connection`;
+    /// `Conflict` if the row changed (or went) since it was read, or the lease ran out
+    /// and another fetch took it. With `announce`, every replica hears of the change when
+    /// it commits.
+    pub async fn write(mut self, row: &ConnectionRow, announce: bool) -> Result<(), StoreError> {
         let columns = ConnectionColumns::from(row);
-        let updated = on_lock!(self, exec => bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
-            .execute(exec)
-            .await
-            .map(|done| done.rows_affected()))?;
-        match updated {
-            1 => Ok(()),
-            _ => Err(StoreError::Conflict),
+        if let Some(pool) = self.sqlite.take() {
+            let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
+                .execute(&pool)
+                .await?
+                .rows_affected();
+            return if updated == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            };
         }
-    }
-
-    /// Every replica hears of this connection's change when the lock is released.
-    pub async fn announce_change(&mut self, id: ConnectionId) -> Result<(), StoreError> {
-        if let LockConn::Postgres(tx) = &mut self.conn {
-            notify_change!(&mut **tx, id);
-        }
-        Ok(())
-    }
-
-    /// Commits what was written and lets the next replica in.
-    pub async fn release(self) -> Result<(), StoreError> {
-        if let LockConn::Postgres(tx) = self.conn {
+        let Some((pool, holder)) = self.holder.take() else {
+            return Ok(());
+        };
+        let written = async {
+            let mut tx = pool.begin().await?;
+            let updated = bind_connection(sqlx::query(&WRITE_UNDER_LEASE), columns)
+                .bind(holder)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated != 1 {
+                return Err(StoreError::Conflict);
+            }
+            if announce {
+                notify_change!(&mut *tx, self.id);
+            }
             tx.commit().await?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        if written.is_err() {
+            // Not written: the lease is still ours to give up.
+            release(&pool, self.id, holder).await;
+        }
+        written
+    }
+
+    /// Gives up the lease without writing.
+    pub async fn release(mut self) {
+        if let Some((pool, holder)) = self.holder.take() {
+            release(&pool, self.id, holder).await;
+        }
     }
 }
 
-/// Postgres advisory locks take one 64-bit key; a UUIDv7's last 8 bytes are random.
-fn advisory_key(id: ConnectionId) -> i64 {
-    let bytes = id.as_uuid().into_bytes();
-    i64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"))
+/// Best effort: a lease not given up runs out by itself.
+async fn release(pool: &PgPool, id: ConnectionId, holder: Uuid) {
+    let released = sqlx::query(RELEASE_LEASE)
+        .bind(id.as_uuid())
+        .bind(holder)
+        .execute(pool)
+        .await;
+    if let Err(err) = released {
+        tracing::debug!(connection_id = %id, error = %err, "could not give up a token lease; it will run out");
+    }
+}
+
+/// A lease dropped on an error path is given up in the background.
+impl Drop for TokenLease {
+    fn drop(&mut self) {
+        if let Some((pool, holder)) = self.holder.take() {
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { release(&pool, id, holder).await });
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -2,9 +2,10 @@
 //! connection.
 //!
 //! A fetch first reads the row without any lock: usually the token some replica stored
-//! will do. Only when LWA must be called does it take the cross-replica lock, re-read,
-//! and then exchange the refresh token, store the new token sealed and record what LWA
-//! said (`record_exchange`).
+//! will do. Only when LWA must be called does it claim the connection's lease (one short
+//! UPDATE that also re-reads the row; no database connection is held while LWA answers),
+//! exchange the refresh token, and store the new token sealed with what LWA said
+//! (`record_exchange`), which gives the lease up.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -61,20 +62,19 @@ async fn fetch(
     if let Some(grant) = settle_without_lwa(service, &row, need, now)? {
         return Ok(grant);
     }
-    let mut lock = inner
+    let (lease, mut row) = inner
         .store
-        .lock_for_token(id, inner.settings.lock_wait)
+        .lease_token(id, inner.lease, inner.settings.lease_wait)
         .await?;
-    // Another replica may have fetched while we waited for the lock.
-    let mut row = lock.read(id).await?;
+    // Another replica may have fetched while we waited for the lease.
     match settle_without_lwa(service, &row, need, now) {
         Ok(None) => {}
         Ok(Some(grant)) => {
-            lock.release().await?;
+            lease.release().await;
             return Ok(grant);
         }
         Err(err) => {
-            lock.release().await?;
+            lease.release().await;
             return Err(err);
         }
     }
@@ -89,16 +89,10 @@ async fn fetch(
         .await;
     let outcome = record_exchange(service, &mut row, &refresh_token, exchanged, need, now);
     let refused = matches!(outcome, Err(TokenError::Rejected(_)));
-    if refused {
-        // Every replica drops its token for this connection when this commits.
-        lock.announce_change(id).await?;
-    }
-    let written = lock.write(&row).await;
-    let released = match written {
-        Ok(()) => lock.release().await,
-        Err(err) => Err(err),
-    };
-    match (outcome, released) {
+    // A refusal is announced: every replica drops its token for this connection when the
+    // write commits.
+    let written = lease.write(&row, refused).await;
+    match (outcome, written) {
         (Ok(token), Ok(())) => {
             tracing::info!(connection_id = %id, "fetched an access token from LWA");
             Ok(grant(service, &row, token, now))

@@ -151,8 +151,12 @@ struct Inner {
     lwa: LwaClient,
     hosts: SpApiHosts,
     settings: TokenSettings,
+    /// How long a fetch's lease lasts: longer than any LWA exchange can take.
+    lease: std::time::Duration,
     cache: Cache,
     flights: Flights,
+    /// Permits for refreshes ahead of expiry (`settings.refresh_concurrency`).
+    refreshes: Arc<tokio::sync::Semaphore>,
 }
 
 impl TokenService {
@@ -163,6 +167,10 @@ impl TokenService {
         hosts: SpApiHosts,
         settings: TokenSettings,
     ) -> Self {
+        let lease = lwa.longest_exchange() + std::time::Duration::from_secs(5);
+        let refreshes = Arc::new(tokio::sync::Semaphore::new(
+            settings.refresh_concurrency.max(1),
+        ));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -170,8 +178,10 @@ impl TokenService {
                 lwa,
                 hosts,
                 settings,
+                lease,
                 cache: Cache::default(),
                 flights: Flights::default(),
+                refreshes,
             }),
         }
     }

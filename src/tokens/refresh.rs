@@ -44,11 +44,21 @@ impl TokenService {
                 fetched_since: None,
                 ignore_status: false,
             };
+            // At most `refresh_concurrency` under way: a slow LWA slows the refresher
+            // down instead of piling up exchanges.
+            let permit = self
+                .inner
+                .refreshes
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let service = self.clone();
             tokio::spawn(async move {
                 if let Err(err) = service.fetch_shared(id, need).await {
                     tracing::warn!(connection_id = %id, error = %err, "refresh ahead of expiry failed");
                 }
+                drop(permit);
             });
             // Spread the work: due tokens do not all hit LWA in the same instant.
             tokio::time::sleep(settings.refresh_spacing).await;

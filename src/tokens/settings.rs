@@ -12,6 +12,9 @@ pub struct TokenSettings {
     pub refresh_tick: Duration,
     /// Pause between two refreshes, so due tokens do not hit LWA at once.
     pub refresh_spacing: Duration,
+    /// Most refreshes ahead of expiry under way at once; when LWA is slow, the refresher
+    /// waits instead of piling up exchanges.
+    pub refresh_concurrency: usize,
     /// A cached token nobody asked for in this long is dropped, and no longer refreshed.
     pub idle_after: TimeDelta,
     /// `force_refresh` keeps a token fetched this recently (many workers reporting one bad
@@ -20,7 +23,7 @@ pub struct TokenSettings {
     /// Longest a fetch waits for another replica's LWA exchange of the same connection
     /// before answering `token_fetch_in_progress`; below the request time limit, so the
     /// caller hears why.
-    pub lock_wait: Duration,
+    pub lease_wait: Duration,
     /// How often each replica compares the versions of the connections it has cached
     /// with the database's (Postgres), so a change whose notification was lost is seen
     /// within about this long.
@@ -31,9 +34,9 @@ pub struct TokenSettings {
 }
 
 impl TokenSettings {
-    /// Keeps `lock_wait` within three quarters of the request time limit.
+    /// Keeps `lease_wait` within three quarters of the request time limit.
     pub fn within_request_timeout(mut self, request_timeout: Duration) -> Self {
-        self.lock_wait = self.lock_wait.min(request_timeout * 3 / 4);
+        self.lease_wait = self.lease_wait.min(request_timeout * 3 / 4);
         self
     }
 }
@@ -45,9 +48,10 @@ impl Default for TokenSettings {
             refresh_ahead: TimeDelta::minutes(5),
             refresh_tick: Duration::from_secs(15),
             refresh_spacing: Duration::from_millis(50),
+            refresh_concurrency: 4,
             idle_after: TimeDelta::minutes(15),
             force_refresh_min_age: TimeDelta::seconds(5),
-            lock_wait: Duration::from_secs(45),
+            lease_wait: Duration::from_secs(45),
             version_check_interval: Duration::from_secs(5),
             listener_heartbeat: Duration::from_secs(5),
         }

@@ -72,6 +72,26 @@ struct FakeState {
     instance: String,
     /// Where `LwaMode::Redirect` points.
     redirect_to: Mutex<String>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a request as being answered until dropped.
+struct InFlight(Arc<FakeState>);
+
+impl InFlight {
+    fn new(state: &Arc<FakeState>) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -117,6 +137,17 @@ impl FakeLwa {
 
     pub fn set_expires_in(&self, seconds: u64) {
         self.state.expires_in.store(seconds, Ordering::SeqCst);
+    }
+
+    /// The most token requests this fake was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting `max_in_flight` afresh from the requests under way now.
+    pub fn reset_max_in_flight(&self) {
+        let now = self.state.in_flight.load(Ordering::SeqCst);
+        self.state.max_in_flight.store(now, Ordering::SeqCst);
     }
 
     /// Token requests received, whatever the answer.
@@ -198,6 +229,7 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
         serde_urlencoded::from_bytes(&body).unwrap_or_default()
     };
     state.total.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::new(&state);
     let refresh_token = params.get("refresh_token").cloned().unwrap_or_default();
     *state
         .calls

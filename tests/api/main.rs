@@ -13,6 +13,7 @@ mod operators;
 mod scopes;
 mod secrets;
 mod slow_clients;
+mod slow_lwa;
 mod startup;
 mod storage;
 mod token_cache;

@@ -207,7 +207,7 @@ async fn a_slow_exchange_on_another_replica_is_token_fetch_in_progress() {
     let b = a
         .replica_tuned(|config| {
             patient_lwa(config);
-            config.tokens.lock_wait = Duration::from_millis(300);
+            config.tokens.lease_wait = Duration::from_millis(300);
         })
         .await;
     let id = connection(&a, 1).await;
