@@ -37,7 +37,7 @@ async fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (boo
 
 async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[(&str, &str)], &str); 6] = [
+    let cases: [(&[(&str, &str)], &str); 9] = [
         (
             &[("DATABASE_URL", "mysql://localhost/db")],
             "DATABASE_URL (--database-url): ",
@@ -64,6 +64,18 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
         (
             &[("REGISTRY_REQUEST_TIMEOUT", "0")],
             "REGISTRY_REQUEST_TIMEOUT (--request-timeout): `0` is not a number of seconds",
+        ),
+        (
+            &[("REGISTRY_HEADER_READ_TIMEOUT", "never")],
+            "REGISTRY_HEADER_READ_TIMEOUT (--header-read-timeout): `never` is not a number",
+        ),
+        (
+            &[("REGISTRY_MAX_CONNECTIONS", "0")],
+            "REGISTRY_MAX_CONNECTIONS (--max-connections): `0` is not a number from 1",
+        ),
+        (
+            &[("REGISTRY_LWA_TOKEN_URL", "http://api.amazon.com/auth/o2/token")],
+            "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): must be an https:// URL",
         ),
     ];
     for (env, expected) in cases {
