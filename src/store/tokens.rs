@@ -17,16 +17,13 @@ use crate::domain::ConnectionId;
 /// Claims the lease of row `$1` for `$3` for `$2` seconds, unless another holder's lease
 /// is still running; returns the row when claimed. Postgres's clock decides, so replicas'
 /// clocks need not agree.
-static CLAIM_LEASE: LazyLock<String> = LazyLock::new(|| {
-    concat!(
-        "UPDATE connections SET token_lease_until = now() + make_interval(secs => $2), \
-         token_lease_holder = $3 \
-         WHERE id = $1 AND (token_lease_until IS NULL OR token_lease_until < now()) \
-         RETURNING ",
-        connection_columns!()
-    )
-    .to_owned()
-});
+const CLAIM_LEASE: &str = concat!(
+    "UPDATE connections SET token_lease_until = now() + make_interval(secs => $2), \
+     token_lease_holder = $3 \
+     WHERE id = $1 AND (token_lease_until IS NULL OR token_lease_until < now()) \
+     RETURNING ",
+    connection_columns!()
+);
 
 /// `UPDATE_CONNECTION`, only while `$28` holds the lease, which it gives up.
 static WRITE_UNDER_LEASE: LazyLock<String> = LazyLock::new(|| {
@@ -47,8 +44,16 @@ const RELEASE_LEASE: &str = "UPDATE connections SET token_lease_until = NULL, \
 /// process) the in-process single flight already serializes, and the lease is nothing.
 pub struct TokenLease {
     id: ConnectionId,
-    holder: Option<(PgPool, Uuid)>,
-    sqlite: Option<sqlx::SqlitePool>,
+    held: Held,
+}
+
+enum Held {
+    /// Postgres: the lease in the row, under this holder id, until written or released.
+    Lease { pool: PgPool, holder: Uuid },
+    /// SQLite: nothing to hold; the pool to write with.
+    Nothing(sqlx::SqlitePool),
+    /// Written or released.
+    GivenUp,
 }
 
 impl Store {
@@ -66,8 +71,7 @@ impl Store {
                 let row = self.get_connection(id).await?;
                 let lease = TokenLease {
                     id,
-                    holder: None,
-                    sqlite: Some(pool.clone()),
+                    held: Held::Nothing(pool.clone()),
                 };
                 return Ok((lease, row));
             }
@@ -77,7 +81,7 @@ impl Store {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(25);
         loop {
-            let claimed: Option<ConnectionColumns> = sqlx::query_as(&CLAIM_LEASE)
+            let claimed: Option<ConnectionColumns> = sqlx::query_as(CLAIM_LEASE)
                 .bind(id.as_uuid())
                 .bind(lease.as_secs_f64())
                 .bind(holder)
@@ -87,8 +91,10 @@ impl Store {
             if let Some(columns) = claimed {
                 let lease = TokenLease {
                     id,
-                    holder: Some((pool.clone(), holder)),
-                    sqlite: None,
+                    held: Held::Lease {
+                        pool: pool.clone(),
+                        holder,
+                    },
                 };
                 return Ok((lease, columns.try_into()?));
             }
@@ -154,19 +160,20 @@ impl TokenLease {
     /// it commits.
     pub async fn write(mut self, row: &ConnectionRow, announce: bool) -> Result<(), StoreError> {
         let columns = ConnectionColumns::from(row);
-        if let Some(pool) = self.sqlite.take() {
-            let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
-                .execute(&pool)
-                .await?
-                .rows_affected();
-            return if updated == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict)
-            };
-        }
-        let Some((pool, holder)) = self.holder.take() else {
-            return Ok(());
+        let (pool, holder) = match std::mem::replace(&mut self.held, Held::GivenUp) {
+            Held::Lease { pool, holder } => (pool, holder),
+            Held::Nothing(pool) => {
+                let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
+                    .execute(&pool)
+                    .await?
+                    .rows_affected();
+                return if updated == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict)
+                };
+            }
+            Held::GivenUp => unreachable!("write and release take the lease by value"),
         };
         let written = async {
             let mut tx = pool.begin().await?;
@@ -194,7 +201,7 @@ impl TokenLease {
 
     /// Gives up the lease without writing.
     pub async fn release(mut self) {
-        if let Some((pool, holder)) = self.holder.take() {
+        if let Held::Lease { pool, holder } = std::mem::replace(&mut self.held, Held::GivenUp) {
             release(&pool, self.id, holder).await;
         }
     }
@@ -215,7 +222,7 @@ async fn release(pool: &PgPool, id: ConnectionId, holder: Uuid) {
 /// A lease dropped on an error path is given up in the background.
 impl Drop for TokenLease {
     fn drop(&mut self) {
-        if let Some((pool, holder)) = self.holder.take() {
+        if let Held::Lease { pool, holder } = std::mem::replace(&mut self.held, Held::GivenUp) {
             let id = self.id;
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move { release(&pool, id, holder).await });
