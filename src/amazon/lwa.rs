@@ -17,12 +17,8 @@ use reqwest::{StatusCode, Url, header};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::answer::{ReadError, Scrubber, describe_transport_error, read_bounded, retry_after};
 use crate::domain::{AccessToken, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshToken, now};
-
-/// How much of LWA's `error_description` is kept.
-const MAX_DESCRIPTION_LEN: usize = 300;
-/// The most of LWA's answer that is read; a token response is under 2 KB.
-pub const MAX_BODY_LEN: usize = 64 * 1024;
 
 /// Timeouts and retry policy for the token exchange.
 #[derive(Debug, Clone)]
@@ -131,9 +127,8 @@ impl LwaClient {
         client_secret: &ClientSecret,
         refresh_token: &RefreshToken,
     ) -> Result<LwaGrant, LwaError> {
-        let scrubber = Scrubber {
-            sent: [client_secret.expose(), refresh_token.expose()],
-        };
+        let sent = [client_secret.expose(), refresh_token.expose()];
+        let scrubber = Scrubber::new(&sent);
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
@@ -220,7 +215,13 @@ impl LwaClient {
             ))));
         }
         let retry_after = retry_after(response.headers());
-        let body = read_bounded(response).await?;
+        let body = read_bounded(response).await.map_err(|err| match err {
+            ReadError::TooLarge => Attempt::Final(LwaError::Protocol(err.to_string())),
+            ReadError::Transport(reason) => Attempt::Retry(LwaError::Unavailable {
+                reason,
+                retry_after: None,
+            }),
+        })?;
 
         if let Ok(failure) = serde_json::from_slice::<TokenFailure>(&body) {
             let error = scrubber.code(&failure.error);
@@ -337,146 +338,9 @@ impl TokenSuccess {
     }
 }
 
-fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-        .map(Duration::from_secs)
-}
-
-fn describe_transport_error(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
-        "timed out".into()
-    } else if err.is_connect() {
-        "could not connect".into()
-    } else {
-        "connection failed".into()
-    }
-}
-
-/// Reads LWA's answer, up to `MAX_BODY_LEN` bytes.
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Attempt> {
-    let too_large = || {
-        Attempt::Final(LwaError::Protocol(format!(
-            "the answer is larger than {MAX_BODY_LEN} bytes"
-        )))
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_BODY_LEN as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    loop {
-        let chunk = response.chunk().await.map_err(|err| {
-            Attempt::Retry(LwaError::Unavailable {
-                reason: describe_transport_error(&err),
-                retry_after: None,
-            })
-        })?;
-        let Some(chunk) = chunk else {
-            return Ok(body);
-        };
-        if body.len() + chunk.len() > MAX_BODY_LEN {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-}
-
-/// Cleans text from LWA of the secrets one exchange sent (`sent`).
-struct Scrubber<'a> {
-    sent: [&'a str; 2],
-}
-
-impl Scrubber<'_> {
-    /// Free text (`error_description`): bounded, with no secret.
-    fn text(&self, text: &str) -> String {
-        scrub(text, &self.sent)
-    }
-
-    /// An error code (`error`): one safe word, with no secret.
-    fn code(&self, code: &str) -> String {
-        scrub_code(&self.text(code))
-    }
-}
-
-/// What LWA said, bounded and without anything we sent it.
-/// Secrets are replaced before the text is cut (a cut secret would no longer match), as
-/// sent and as form-encoded; any other word that looks like a credential goes too.
-fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
-        text = text.replace(secret, "[redacted]");
-        text = text.replace(&form_encode(secret), "[redacted]");
-    }
-    let words: Vec<&str> = text
-        .split(' ')
-        .map(|word| {
-            let lower = word.to_ascii_lowercase();
-            let looks_secret = ["atzr|", "atza|", "atzr%7c", "atza%7c", "amzn1.oa2-cs."]
-                .iter()
-                .any(|marker| lower.contains(marker));
-            if looks_secret { "[redacted]" } else { word }
-        })
-        .collect();
-    words.join(" ").chars().take(MAX_DESCRIPTION_LEN).collect()
-}
-
-/// `application/x-www-form-urlencoded` as the request body carried it.
-fn form_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-/// An error code from the other side, fit for a log line.
-fn scrub_code(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_removes_what_we_sent_and_bounds_length() {
-        assert_eq!(
-            scrub(
-                "bad token Atzr|abc for secret s3cr3t",
-                &["Atzr|abc", "s3cr3t"]
-            ),
-            "bad token [redacted] for secret [redacted]"
-        );
-        assert_eq!(scrub(&"x".repeat(1000), &[]).len(), MAX_DESCRIPTION_LEN);
-        // A long secret late in a long text is replaced whole, not cut into a fragment.
-        let long = format!("Atzr|{}", "t".repeat(400));
-        let text = format!("{} {long}", "x".repeat(250));
-        assert!(!scrub(&text, &[&long]).contains("ttt"));
-        assert_eq!(
-            scrub("got Atzr%7Cabc and atza|zzz", &["Atzr|abc"]),
-            "got [redacted] and [redacted]"
-        );
-    }
-
-    #[test]
-    fn form_encoding_matches_the_request_body() {
-        assert_eq!(form_encode("Atzr|a-b_c.d*e f/g"), "Atzr%7Ca-b_c.d*e+f%2Fg");
-    }
 
     #[test]
     fn classifies_on_the_error_field() {
@@ -523,14 +387,14 @@ mod tests {
 
     #[test]
     fn codes_from_the_other_side_are_cut_to_a_safe_word() {
+        use crate::amazon::answer::scrub_code;
         assert_eq!(scrub_code("invalid_request"), "invalid_request");
         assert_eq!(scrub_code("bad code\n<script>"), "badcodescript");
         assert_eq!(scrub_code(&"x".repeat(100)).len(), 64);
         // What we sent is removed before the code is cut to a word (else the secret's
         // letters and digits would survive the cut).
-        let scrubber = Scrubber {
-            sent: ["Atzr|IwEBIsent-refresh-token", "sent-client-secret-0123"],
-        };
+        let sent = ["Atzr|IwEBIsent-refresh-token", "sent-client-secret-0123"];
+        let scrubber = Scrubber::new(&sent);
         assert_eq!(
             scrubber.code("Atzr|IwEBIsent-refresh-token sent-client-secret-0123"),
             "redactedredacted"

@@ -74,7 +74,10 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_setting() {
             "REGISTRY_MAX_CONNECTIONS (--max-connections): `0` is not a number from 1",
         ),
         (
-            &[("REGISTRY_LWA_TOKEN_URL", "http://api.amazon.com/auth/o2/token")],
+            &[(
+                "REGISTRY_LWA_TOKEN_URL",
+                "http://api.amazon.com/auth/o2/token",
+            )],
             "REGISTRY_LWA_TOKEN_URL (--lwa-token-url): must be an https:// URL",
         ),
     ];
