@@ -15,8 +15,10 @@ use tokio::task::JoinHandle;
 
 use crate::amazon::endpoints::SpApiHosts;
 use crate::amazon::lwa::LwaClient;
+use crate::amazon::spapi::SpApiClient;
 use crate::api_keys::{ApiKeys, BootstrapKey};
 use crate::config::{Config, DatabaseUrl, write_private_file};
+use crate::connection_test::ConnectionTester;
 use crate::connections::Connections;
 use crate::crypto::{Field, Keyring};
 use crate::domain::{ApiKeyName, Scope};
@@ -33,6 +35,7 @@ pub struct AppState {
     pub connections: Connections,
     pub api_keys: ApiKeys,
     pub tokens: TokenService,
+    pub tester: ConnectionTester,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
@@ -83,8 +86,15 @@ impl Application {
             SpApiHosts::new(config.spapi_url.clone()),
             config.tokens.clone(),
         );
+        let connections = Connections::new(store.clone(), keyring, tokens.clone());
+        let tester = ConnectionTester::new(
+            connections.clone(),
+            tokens.clone(),
+            SpApiClient::new(&config.spapi),
+        );
         let state = AppState {
-            connections: Connections::new(store.clone(), keyring, tokens.clone()),
+            connections,
+            tester,
             api_keys,
             tokens,
             store,

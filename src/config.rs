@@ -12,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::amazon::lwa::LwaSettings;
+use crate::amazon::spapi::SpApiSettings;
 use crate::cli::Settings;
 use crate::crypto::Keyring;
 use crate::domain::ApiKeyToken;
@@ -183,6 +184,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Timeouts and retries of the LWA exchange (not settable from outside; tests tune it).
     pub lwa: LwaSettings,
+    /// Timeouts of the SP-API calls the service makes (likewise).
+    pub spapi: SpApiSettings,
     /// Refresh-ahead pacing (likewise).
     pub tokens: TokenSettings,
 }
@@ -260,6 +263,7 @@ impl Config {
             request_timeout,
             connections,
             lwa: LwaSettings::default(),
+            spapi: SpApiSettings::default(),
             tokens: TokenSettings::default().within_request_timeout(request_timeout),
         })
     }

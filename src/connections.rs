@@ -193,12 +193,35 @@ impl Connections {
         id: ConnectionId,
         patch: ConnectionPatch,
     ) -> Result<Connection, ConnectionError> {
+        self.modify(id, |row| self.apply(row, &patch)).await
+    }
+
+    /// Records what a test of the connection found (`connection_test.rs` decides what).
+    pub async fn record(
+        &self,
+        id: ConnectionId,
+        change: impl Fn(&mut Connection),
+    ) -> Result<Connection, ConnectionError> {
+        self.modify(id, |row| {
+            change(&mut row.connection);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Reads the row, applies `change` and writes it if anything changed, version-checked:
+    /// when another write lands in between, reads and applies again (a few times).
+    async fn modify(
+        &self,
+        id: ConnectionId,
+        change: impl Fn(&mut ConnectionRow) -> Result<(), ConnectionError>,
+    ) -> Result<Connection, ConnectionError> {
         let mut attempts = 0;
         loop {
             attempts += 1;
             let mut row = self.store.get_connection(id).await?;
             let before = row.clone();
-            self.apply(&mut row, &patch)?;
+            change(&mut row)?;
             if !changed(&before, &row) {
                 return Ok(before.connection);
             }
@@ -305,8 +328,8 @@ impl Connections {
     }
 }
 
-/// Whether applying a PATCH changed anything worth a write (an empty or same-value PATCH
-/// changes nothing, not even `updated_at`).
+/// Whether a change is worth a write (an empty or same-value PATCH changes nothing, not
+/// even `updated_at`).
 fn changed(before: &ConnectionRow, after: &ConnectionRow) -> bool {
     let public = |row: &ConnectionRow| serde_json::to_value(&row.connection).ok();
     public(before) != public(after)

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connection_test;
 pub mod connections;
 pub mod crypto;
 pub mod domain;

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::amazon::lwa::LwaError;
+use crate::amazon::spapi::SpApiError;
 use crate::api_keys::ApiKeyError;
+use crate::connection_test::TestError;
 use crate::connections::ConnectionError;
 use crate::crypto::CryptoError;
 use crate::domain::Scope;
@@ -267,6 +269,47 @@ impl From<TokenError> for ApiError {
             },
             TokenError::Store(err) => store_error(&err),
             TokenError::Crypto(err) => err.into(),
+        }
+    }
+}
+
+/// How a test's failure reads to the person who asked for it: Amazon refusing the call
+/// is a 422 saying what to do; Amazon failing or throttling is a 503 (502 for an answer
+/// that cannot be used) with `Retry-After`.
+impl From<TestError> for ApiError {
+    fn from(err: TestError) -> Self {
+        let detail = err.to_string();
+        match err {
+            TestError::Token(err) => Self::from_authorization(err),
+            TestError::Connection(err) => err.into(),
+            TestError::SpApi { error, .. } => match error {
+                SpApiError::RoleMissing
+                | SpApiError::ClientSecretExpired
+                | SpApiError::AccessTokenRejected(_) => Self::Refused {
+                    code: error.code(),
+                    detail,
+                },
+                SpApiError::Throttled { retry_after } => Self::RetryLater {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: error.code(),
+                    detail,
+                    retry_after_secs: retry_after
+                        .map_or(DEFAULT_RETRY_AFTER_SECS, |wait| wait.as_secs())
+                        .max(1),
+                },
+                SpApiError::Unavailable(_) => Self::RetryLater {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: error.code(),
+                    detail,
+                    retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+                },
+                SpApiError::InvalidInput(_) | SpApiError::Protocol(_) => Self::RetryLater {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: error.code(),
+                    detail,
+                    retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+                },
+            },
         }
     }
 }

@@ -7,6 +7,7 @@ mod extract;
 mod fields;
 mod health;
 mod serve;
+mod spapi;
 mod tokens;
 
 use std::time::Duration;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(connections::router())
         .merge(api_keys::router())
         .merge(tokens::router())
+        .merge(spapi::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

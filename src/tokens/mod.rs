@@ -256,6 +256,19 @@ impl TokenService {
         self.fetch_shared(id, need).await
     }
 
+    /// A token fetched from LWA now, replacing the cached one: for a caller SP-API has
+    /// just refused that one.
+    pub async fn refetch(&self, id: ConnectionId) -> Result<Arc<Grant>, TokenError> {
+        let need = Need {
+            min_remaining_secs: 0,
+            fetched_since: Some(now()),
+            ignore_status: false,
+        };
+        // A fetch begun before now may bring back the refused token.
+        self.inner.flights.detach(id);
+        self.fetch_shared(id, need).await
+    }
+
     /// Drops this connection's token from this process, and stops fetches under way from
     /// caching theirs. (The store tells the other replicas when the change commits.)
     pub fn invalidate(&self, id: ConnectionId) {

@@ -1,5 +1,6 @@
-//! A fake Login with Amazon: a real HTTP server on loopback speaking the token endpoint as
-//! docs/amazon.md describes it. It counts calls per refresh token and can be told to fail.
+//! A fake Amazon: a real HTTP server on loopback speaking Login with Amazon's token
+//! endpoint and the SP-API calls the service makes (`fake_spapi.rs`), as docs/amazon.md
+//! describes them. It counts calls and can be told to fail.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,7 +56,7 @@ pub enum Echo {
 }
 
 #[derive(Default)]
-struct FakeState {
+pub(crate) struct FakeState {
     mode: Mutex<Option<LwaMode>>,
     delay_ms: AtomicU64,
     expires_in: AtomicU64,
@@ -75,6 +76,7 @@ struct FakeState {
     /// Requests being answered now, and the most there ever were at once.
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    pub(crate) spapi: crate::fake_spapi::SpApiState,
 }
 
 /// Counts a request as being answered until dropped.
@@ -97,7 +99,9 @@ impl Drop for InFlight {
 #[derive(Clone)]
 pub struct FakeLwa {
     pub token_url: String,
-    state: Arc<FakeState>,
+    /// The SP-API base URL this fake also serves (`REGISTRY_SPAPI_URL`).
+    pub spapi_url: String,
+    pub(crate) state: Arc<FakeState>,
 }
 
 impl FakeLwa {
@@ -109,12 +113,14 @@ impl FakeLwa {
         state.expires_in.store(3600, Ordering::SeqCst);
         let app = Router::new()
             .route("/auth/o2/token", post(token))
+            .merge(crate::fake_spapi::routes())
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
             token_url: format!("http://{addr}/auth/o2/token"),
+            spapi_url: format!("http://{addr}"),
             state,
         }
     }
@@ -196,12 +202,13 @@ impl FakeLwa {
 
     /// The refresh token an access token was issued for.
     pub fn issued_for(&self, access_token: &str) -> Option<String> {
-        self.state
-            .issued_for
-            .lock()
-            .unwrap()
-            .get(access_token)
-            .cloned()
+        self.state.issued_for(access_token)
+    }
+}
+
+impl FakeState {
+    pub(crate) fn issued_for(&self, access_token: &str) -> Option<String> {
+        self.issued_for.lock().unwrap().get(access_token).cloned()
     }
 }
 

@@ -215,6 +215,18 @@ pub async fn spawn_with_lwa(backend: Backend, fake: &FakeLwa) -> TestApp {
     spawn_tuned(backend, fake, |_| {}).await
 }
 
+/// An app whose LWA and SP-API are `fake` (its token responses then name the fake as
+/// `sp_api_endpoint`).
+pub async fn spawn_with_amazon(backend: Backend, fake: &FakeLwa) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let mut settings = settings(&db, Some(MASTER_KEYS));
+    settings.lwa_token_url = fake.token_url.clone();
+    settings.spapi_url = Some(fake.spapi_url.clone());
+    TestApp::start_tuned(db, settings, |_| {})
+        .await
+        .expect("app starts")
+}
+
 /// An app whose LWA is `fake`, with its configuration adjusted by `tune`.
 pub async fn spawn_tuned(
     backend: Backend,

@@ -2,11 +2,13 @@
 //! with a fake Amazon on loopback.
 
 mod fake_amazon;
+mod fake_spapi;
 mod helpers;
 mod logs;
 mod proxy;
 
 mod api_keys;
+mod connection_tests;
 mod connections;
 mod lwa_answers;
 mod operators;

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
-use crate::helpers::{ADMIN_KEY, Backend, TestApp, connection_body, problem, spawn_with_lwa};
+use crate::helpers::{ADMIN_KEY, Backend, TestApp, connection_body, problem, spawn_with_amazon};
 
 both_backends!(every_route_answers_each_caller_as_its_scope_allows);
 
@@ -53,6 +53,7 @@ fn routes() -> Vec<Route> {
         route(Method::PATCH, "/connections/{connection}", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::DELETE, "/connections/{connection}", StatusCode::NO_CONTENT, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::POST, "/connections/{connection}/authorize", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
+        route(Method::POST, "/connections/{connection}/test", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::GET, "/connections/{connection}/token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
         route(Method::POST, "/api-keys", StatusCode::CREATED, "admin", true, [U, U, F, F, F, Y]),
@@ -65,18 +66,19 @@ fn routes() -> Vec<Route> {
 }
 
 /// Everything a call could change, as the admin sees it: connections, API keys and the
-/// LWA calls made.
-async fn state(app: &TestApp, fake: &FakeLwa) -> (Value, Value, usize) {
+/// LWA and SP-API calls made.
+async fn state(app: &TestApp, fake: &FakeLwa) -> (Value, Value, usize, usize) {
     (
         app.get_json("/connections?limit=200").await,
         app.get_json("/api-keys").await,
         fake.calls(),
+        fake.spapi_calls(),
     )
 }
 
 async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
     let fake = FakeLwa::start().await;
-    let app = spawn_with_lwa(backend, &fake).await;
+    let app = spawn_with_amazon(backend, &fake).await;
     let mut keys = Vec::new();
     for caller in CALLERS {
         keys.push(match caller {

@@ -1,0 +1,260 @@
+//! The SP-API side of the fake Amazon: the calls the service makes to test a connection,
+//! answering as Amazon's models and error bodies describe (docs/amazon.md). An access
+//! token is accepted only if the fake LWA issued it and it was not revoked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::fake_amazon::{FakeLwa, FakeState};
+
+/// How the fake SP-API answers a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpApiMode {
+    #[default]
+    Answer,
+    /// 403 with empty details: the app lacks the role.
+    RoleMissing,
+    /// 403 "The access token you provided has expired." for every token.
+    ExpireEveryToken,
+    /// 403 "The LWA secret token you provided has expired."
+    SecretExpired,
+    /// 429 with `Retry-After`.
+    Throttled { retry_after_secs: u64 },
+    /// 503 `InternalFailure`.
+    Failing,
+    /// 400 whose message repeats the access token it got.
+    EchoToken,
+}
+
+/// One marketplace the fake seller takes part in: id, name, country, currency, and
+/// whether the seller participates.
+pub type FakeMarketplace = (&'static str, &'static str, &'static str, &'static str, bool);
+
+#[derive(Default)]
+pub(crate) struct SpApiState {
+    mode: Mutex<SpApiMode>,
+    revoked: Mutex<HashSet<String>>,
+    marketplaces: Mutex<Option<Vec<FakeMarketplace>>>,
+    calls: AtomicUsize,
+    /// Path and query of each call, in order.
+    seen: Mutex<Vec<(String, HashMap<String, String>)>>,
+}
+
+impl FakeLwa {
+    pub fn set_spapi_mode(&self, mode: SpApiMode) {
+        *self.state.spapi.mode.lock().unwrap() = mode;
+    }
+
+    /// SP-API answers this token as expired from now on.
+    pub fn revoke_access_token(&self, token: &str) {
+        self.state
+            .spapi
+            .revoked
+            .lock()
+            .unwrap()
+            .insert(token.to_owned());
+    }
+
+    /// The seller's marketplaces (default: Amazon.com only).
+    pub fn set_marketplaces(&self, marketplaces: &[FakeMarketplace]) {
+        *self.state.spapi.marketplaces.lock().unwrap() = Some(marketplaces.to_vec());
+    }
+
+    pub fn spapi_calls(&self) -> usize {
+        self.state.spapi.calls.load(Ordering::SeqCst)
+    }
+
+    /// The path and query of every SP-API call so far.
+    pub fn spapi_seen(&self) -> Vec<(String, HashMap<String, String>)> {
+        self.state.spapi.seen.lock().unwrap().clone()
+    }
+}
+
+pub(crate) fn routes() -> Router<Arc<FakeState>> {
+    Router::new()
+        .route(
+            "/sellers/v1/marketplaceParticipations",
+            get(|state, headers, query| answer(state, headers, query, Call::Seller)),
+        )
+        .route(
+            "/vendor/orders/v1/purchaseOrders",
+            get(|state, headers, query| answer(state, headers, query, Call::Vendor)),
+        )
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Seller,
+    Vendor,
+}
+
+fn error(status: StatusCode, code: &str, message: &str, details: &str) -> Response {
+    let mut response = (
+        status,
+        axum::Json(json!({"errors": [{"code": code, "message": message, "details": details}]})),
+    )
+        .into_response();
+    if status == StatusCode::FORBIDDEN {
+        response
+            .headers_mut()
+            .insert("x-amzn-ErrorType", "AccessDeniedException".parse().unwrap());
+    }
+    response
+}
+
+const DENIED: &str = "Access to requested resource is denied.";
+
+async fn answer(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    call: Call,
+) -> Response {
+    let spapi = &state.spapi;
+    spapi.calls.fetch_add(1, Ordering::SeqCst);
+    let path = match call {
+        Call::Seller => "/sellers/v1/marketplaceParticipations",
+        Call::Vendor => "/vendor/orders/v1/purchaseOrders",
+    };
+    spapi
+        .seen
+        .lock()
+        .unwrap()
+        .push((path.to_owned(), query.clone()));
+    let Some(token) = headers
+        .get("x-amz-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "Access token is missing in the request header.",
+        );
+    };
+    if state.issued_for(&token).is_none() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The access token you provided is revoked, malformed or invalid.",
+        );
+    }
+    if spapi.revoked.lock().unwrap().contains(&token) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The access token you provided has expired.",
+        );
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !user_agent.starts_with("connection-registry/") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            "missing user agent",
+            "",
+        );
+    }
+    match *spapi.mode.lock().unwrap() {
+        SpApiMode::Answer => {}
+        SpApiMode::RoleMissing => return error(StatusCode::FORBIDDEN, "Unauthorized", DENIED, ""),
+        SpApiMode::ExpireEveryToken => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Unauthorized",
+                DENIED,
+                "The access token you provided has expired.",
+            );
+        }
+        SpApiMode::SecretExpired => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Unauthorized",
+                DENIED,
+                "The LWA secret token you provided has expired.",
+            );
+        }
+        SpApiMode::Throttled { retry_after_secs } => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "QuotaExceeded",
+                "You exceeded your quota for the requested resource.",
+                "",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs.into());
+            return response;
+        }
+        SpApiMode::Failing => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "InternalFailure",
+                "We encountered an internal error. Please try again.",
+                "",
+            );
+        }
+        SpApiMode::EchoToken => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidInput",
+                &format!("token {token} is not allowed here"),
+                &token,
+            );
+        }
+    }
+    match call {
+        Call::Seller => {
+            let marketplaces = spapi
+                .marketplaces
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| vec![("ATVPDKIKX0DER", "Amazon.com", "US", "USD", true)]);
+            let payload: Vec<Value> = marketplaces
+                .into_iter()
+                .map(|(id, name, country, currency, participating)| {
+                    json!({
+                        "marketplace": {
+                            "id": id,
+                            "name": name,
+                            "countryCode": country,
+                            "defaultCurrencyCode": currency,
+                            "defaultLanguageCode": "en_US",
+                            "domainName": format!("www.{}", name.to_lowercase()),
+                        },
+                        "participation": {
+                            "isParticipating": participating,
+                            "hasSuspendedListings": false,
+                        },
+                        "storeName": "BestSellerStore",
+                    })
+                })
+                .collect();
+            axum::Json(json!({"payload": payload})).into_response()
+        }
+        Call::Vendor => {
+            let windowed = ["limit", "createdAfter", "createdBefore"]
+                .iter()
+                .all(|name| query.contains_key(*name));
+            if !windowed {
+                return error(StatusCode::BAD_REQUEST, "InvalidInput", "bad query", "");
+            }
+            axum::Json(json!({"payload": {"pagination": {}, "orders": []}})).into_response()
+        }
+    }
+}
