@@ -127,14 +127,46 @@ impl LwaClient {
         client_secret: &ClientSecret,
         refresh_token: &RefreshToken,
     ) -> Result<LwaGrant, LwaError> {
-        let sent = [client_secret.expose(), refresh_token.expose()];
-        let scrubber = Scrubber::new(&sent);
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
+        self.exchange(&form, &[client_secret.expose(), refresh_token.expose()])
+            .await
+    }
+
+    /// A grantless access token for `scope` (`grant_type=client_credentials`): for the
+    /// operations that act for the application rather than for a seller.
+    #[tracing::instrument(skip_all, fields(client_id = %client_id, scope))]
+    pub async fn client_credentials(
+        &self,
+        client_id: &ClientId,
+        client_secret: &ClientSecret,
+        scope: &str,
+    ) -> Result<LwaGrant, LwaError> {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
+        self.exchange(&form, &[client_secret.expose()]).await
+    }
+
+    /// Posts `form` to the token endpoint, retrying transient failures; `secrets` are
+    /// scrubbed from whatever comes back.
+    async fn exchange(
+        &self,
+        form: &[(&str, &str)],
+        secrets: &[&str],
+    ) -> Result<LwaGrant, LwaError> {
+        let scrubber = Scrubber::new(secrets);
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let outcome = self
-                .attempt(client_id, client_secret, refresh_token, &scrubber)
-                .await;
+            let outcome = self.attempt(form, &scrubber).await;
             metrics::histogram!("registry_lwa_request_seconds")
                 .record(started.elapsed().as_secs_f64());
             let label = match &outcome {
@@ -181,23 +213,15 @@ impl LwaClient {
 
     async fn attempt(
         &self,
-        client_id: &ClientId,
-        client_secret: &ClientSecret,
-        refresh_token: &RefreshToken,
+        form: &[(&str, &str)],
         scrubber: &Scrubber<'_>,
     ) -> Result<LwaGrant, Attempt> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose()),
-            ("client_id", client_id.as_str()),
-            ("client_secret", client_secret.expose()),
-        ];
         let fetched_at = now();
         let response = self
             .http
             .post(self.token_url.clone())
             .header(header::ACCEPT, "application/json")
-            .form(&form)
+            .form(form)
             .send()
             .await
             .map_err(|err| {

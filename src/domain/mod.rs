@@ -20,7 +20,7 @@ pub use connection::{
 pub use id::{ApiKeyId, ConnectionId, ResourceId};
 pub use marketplace::{MARKETPLACES, Marketplace};
 pub use region::{AccountType, Environment, Region};
-pub use token::AccessToken;
+pub use token::{AccessToken, GrantlessScope};
 
 /// The current time at the precision both databases store (microseconds), so what a
 /// write returns equals what a later read returns.

@@ -41,3 +41,60 @@ impl fmt::Debug for AccessToken {
             .finish()
     }
 }
+
+/// What a grantless token (`grant_type=client_credentials`) is for: operations that act
+/// for the application rather than for one seller. Its token is shared by every
+/// connection of the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantlessScope {
+    /// The Notifications API's destinations and subscriptions.
+    Notifications,
+    /// Rotating the application's client secret.
+    ClientSecretRotation,
+}
+
+impl GrantlessScope {
+    const ALL: [(&'static str, GrantlessScope); 2] = [
+        (
+            "sellingpartnerapi::notifications",
+            GrantlessScope::Notifications,
+        ),
+        (
+            "sellingpartnerapi::client_credential:rotation",
+            GrantlessScope::ClientSecretRotation,
+        ),
+    ];
+
+    pub fn parse(input: &str) -> Result<Self, super::ParseError> {
+        super::parse_enum(input, &Self::ALL)
+    }
+
+    /// As LWA takes it.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, scope)| *scope == self)
+            .map(|(name, _)| *name)
+            .expect("every scope is listed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grantless_scopes_are_amazons_names() {
+        for (name, scope) in GrantlessScope::ALL {
+            assert_eq!(GrantlessScope::parse(name), Ok(scope));
+            assert_eq!(scope.as_str(), name);
+        }
+        assert_eq!(
+            GrantlessScope::parse("sellingpartnerapi::migration")
+                .unwrap_err()
+                .0,
+            "must be one of `sellingpartnerapi::notifications`, \
+             `sellingpartnerapi::client_credential:rotation`"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Tokens: `POST /connections/{id}/authorize` for the frontend, and
-//! `GET /connections/{id}/token` for sync workers (the hot path).
+//! `GET /connections/{id}/token` for sync workers (the hot path), which with `scope`
+//! hands out the application's grantless token instead.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -14,7 +15,7 @@ use super::extract::{Caller, ConnectionsWrite, Id, QueryFields, TokensRead};
 use super::fields::{integer_in, string};
 use crate::app::AppState;
 use crate::domain::{
-    Connection, ConnectionId, Environment, MerchantToken, ParseError, Region, now,
+    Connection, ConnectionId, Environment, GrantlessScope, MerchantToken, ParseError, Region, now,
 };
 use crate::tokens::Served;
 
@@ -63,12 +64,19 @@ async fn token(
 ) -> Result<Response, ApiError> {
     let min_ttl = query.optional("min_ttl", integer_in(0..=MAX_MIN_TTL));
     let force_refresh = query.optional("force_refresh", string(boolean));
+    let scope = query.optional("scope", string(GrantlessScope::parse));
     query.finish()?;
     let min_ttl = min_ttl.unwrap_or(DEFAULT_MIN_TTL) as i64;
-    let (grant, served) = state
-        .tokens
-        .get(id, min_ttl, force_refresh.unwrap_or(false))
-        .await?;
+    let force_refresh = force_refresh.unwrap_or(false);
+    let (grant, served) = match scope {
+        None => state.tokens.get(id, min_ttl, force_refresh).await?,
+        Some(scope) => {
+            state
+                .tokens
+                .grantless(id, scope, min_ttl, force_refresh)
+                .await?
+        }
+    };
     let body = TokenBody {
         access_token: grant.token.expose(),
         token_type: "bearer",

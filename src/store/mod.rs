@@ -24,6 +24,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
+pub use grantless::GrantlessLease;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
 pub use tokens::{Change, ChangeListener, TokenLease};
 
@@ -156,6 +157,7 @@ macro_rules! connection_columns {
 
 mod api_keys;
 mod connections;
+mod grantless;
 mod postgres;
 mod rows;
 mod sqlite;

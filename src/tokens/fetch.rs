@@ -205,7 +205,7 @@ fn settle_without_lwa(
     Ok(Some(grant(service, row, token, now)))
 }
 
-fn open(
+pub(super) fn open(
     service: &TokenService,
     id: ConnectionId,
     field: Field,
@@ -226,7 +226,7 @@ fn last_error(err: &LwaError, at: DateTime<Utc>) -> LastError {
     }
 }
 
-fn grant(
+pub(super) fn grant(
     service: &TokenService,
     row: &ConnectionRow,
     token: AccessToken,

@@ -7,35 +7,60 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use super::{Grant, TokenError};
+use super::TokenError;
 use crate::amazon::lwa::LwaError;
-use crate::domain::ConnectionId;
 
 /// The outcome of one fetch, as every caller that joined it sees it.
-pub(super) type Flight = Shared<BoxFuture<'static, Result<Arc<Grant>, TokenError>>>;
+pub(super) type Flight<V> = Shared<BoxFuture<'static, Result<Arc<V>, TokenError>>>;
 
-/// The fetches under way, one per connection at most.
-#[derive(Clone, Default)]
-pub(super) struct Flights {
+/// Each fetch under way by its key, with its number.
+type UnderWay<K, V> = HashMap<K, (u64, Flight<V>)>;
+
+/// The fetches under way, one per key (a connection, or an application and a scope) at
+/// most, each bringing back a `V`.
+pub(super) struct Flights<K, V> {
     /// Each fetch with its number, so an ending fetch removes itself and not a successor.
-    under_way: Arc<Mutex<HashMap<ConnectionId, (u64, Flight)>>>,
+    under_way: Arc<Mutex<UnderWay<K, V>>>,
     numbers: Arc<AtomicU64>,
 }
 
-impl Flights {
-    fn lock(&self) -> MutexGuard<'_, HashMap<ConnectionId, (u64, Flight)>> {
+impl<K, V> Clone for Flights<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            under_way: self.under_way.clone(),
+            numbers: self.numbers.clone(),
+        }
+    }
+}
+
+impl<K, V> Default for Flights<K, V> {
+    fn default() -> Self {
+        Self {
+            under_way: Arc::default(),
+            numbers: Arc::default(),
+        }
+    }
+}
+
+impl<K, V> Flights<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    fn lock(&self) -> MutexGuard<'_, UnderWay<K, V>> {
         self.under_way.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The fetch under way for `id`, or a new one running `start()`.
-    pub fn join_or_start<F>(&self, id: ConnectionId, start: impl FnOnce() -> F) -> Flight
+    pub fn join_or_start<F>(&self, id: K, start: impl FnOnce() -> F) -> Flight<V>
     where
-        F: Future<Output = Result<Arc<Grant>, TokenError>> + Send + 'static,
+        F: Future<Output = Result<Arc<V>, TokenError>> + Send + 'static,
     {
         let mut under_way = self.lock();
         if let Some((_, flight)) = under_way.get(&id) {
@@ -44,7 +69,7 @@ impl Flights {
         let number = self.numbers.fetch_add(1, Ordering::Relaxed);
         let landing = Landing {
             flights: self.clone(),
-            id,
+            id: id.clone(),
             number,
         };
         let fetch = start();
@@ -68,19 +93,27 @@ impl Flights {
 
     /// Later callers start a new fetch instead of joining the one under way (after an
     /// invalidation, that one may bring back what the old credentials gave).
-    pub fn detach(&self, id: ConnectionId) {
-        self.lock().remove(&id);
+    pub fn detach(&self, id: &K) {
+        self.lock().remove(id);
     }
 }
 
 /// Removes a finished fetch from `Flights`, even if it panicked.
-struct Landing {
-    flights: Flights,
-    id: ConnectionId,
+struct Landing<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    flights: Flights<K, V>,
+    id: K,
     number: u64,
 }
 
-impl Drop for Landing {
+impl<K, V> Drop for Landing<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
     fn drop(&mut self) {
         let mut under_way = self.flights.lock();
         if under_way

@@ -11,6 +11,7 @@
 mod cache;
 mod fetch;
 mod flight;
+mod grantless;
 mod refresh;
 mod settings;
 
@@ -154,7 +155,9 @@ struct Inner {
     /// How long a fetch's lease lasts: longer than any LWA exchange can take.
     lease: std::time::Duration,
     cache: Cache,
-    flights: Flights,
+    flights: Flights<ConnectionId, Grant>,
+    grantless: grantless::GrantlessCache,
+    grantless_flights: Flights<grantless::GrantlessKey, AccessToken>,
     /// Permits for refreshes ahead of expiry (`settings.refresh_concurrency`).
     refreshes: Arc<tokio::sync::Semaphore>,
 }
@@ -181,6 +184,8 @@ impl TokenService {
                 lease,
                 cache: Cache::default(),
                 flights: Flights::default(),
+                grantless: grantless::GrantlessCache::default(),
+                grantless_flights: Flights::default(),
                 refreshes,
             }),
         }
@@ -252,7 +257,7 @@ impl TokenService {
         };
         // Its own fetch: one under way for workers would not call LWA for a refused
         // connection. Workers arriving now join this one instead.
-        self.inner.flights.detach(id);
+        self.inner.flights.detach(&id);
         self.fetch_shared(id, need).await
     }
 
@@ -265,7 +270,7 @@ impl TokenService {
             ignore_status: false,
         };
         // A fetch begun before now may bring back the refused token.
-        self.inner.flights.detach(id);
+        self.inner.flights.detach(&id);
         self.fetch_shared(id, need).await
     }
 
@@ -273,7 +278,7 @@ impl TokenService {
     /// caching theirs. (The store tells the other replicas when the change commits.)
     pub fn invalidate(&self, id: ConnectionId) {
         self.inner.cache.invalidate(id);
-        self.inner.flights.detach(id);
+        self.inner.flights.detach(&id);
     }
 
     /// Joins or starts the fetch for `id`. A joined fetch may have served a weaker need

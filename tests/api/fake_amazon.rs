@@ -77,6 +77,8 @@ pub(crate) struct FakeState {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     pub(crate) spapi: crate::fake_spapi::SpApiState,
+    /// scope → grantless token requests.
+    grantless_calls: Mutex<HashMap<String, usize>>,
 }
 
 /// Counts a request as being answered until dropped.
@@ -143,6 +145,17 @@ impl FakeLwa {
 
     pub fn set_expires_in(&self, seconds: u64) {
         self.state.expires_in.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Grantless token requests (`grant_type=client_credentials`) for `scope`.
+    pub fn grantless_calls(&self, scope: &str) -> usize {
+        self.state
+            .grantless_calls
+            .lock()
+            .unwrap()
+            .get(scope)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The most token requests this fake was answering at once.
@@ -212,6 +225,76 @@ impl FakeState {
     }
 }
 
+/// The scopes LWA grants grantless tokens for.
+const GRANTLESS_SCOPES: [&str; 2] = [
+    "sellingpartnerapi::notifications",
+    "sellingpartnerapi::client_credential:rotation",
+];
+
+/// `grant_type=client_credentials`: a token for the scope, no refresh token.
+fn grantless(state: &FakeState, params: &HashMap<String, String>) -> Response {
+    let scope = params.get("scope").cloned().unwrap_or_default();
+    if !GRANTLESS_SCOPES.contains(&scope.as_str()) {
+        return lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "The request has an invalid parameter : scope",
+        );
+    }
+    let client_ok = params
+        .get("client_id")
+        .is_some_and(|v| v.starts_with("amzn1.application-oa2-client."))
+        && params.get("client_secret").is_some_and(|v| !v.is_empty())
+        && !params.contains_key("refresh_token");
+    if !client_ok {
+        return lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request is missing a required parameter",
+        );
+    }
+    *state
+        .grantless_calls
+        .lock()
+        .unwrap()
+        .entry(scope.clone())
+        .or_default() += 1;
+    match state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) {
+        LwaMode::InvalidClient => {
+            return lwa_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "Client authentication failed",
+            );
+        }
+        LwaMode::ServerError => {
+            return lwa_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "Internal server error",
+            );
+        }
+        _ => {}
+    }
+    let n = state.issued.fetch_add(1, Ordering::SeqCst);
+    let access_token = crate::logs::secret(format!(
+        "Atza|IwEBIgrantless{}-{n:06}-{}",
+        state.instance,
+        "g".repeat(360)
+    ));
+    state
+        .issued_for
+        .lock()
+        .unwrap()
+        .insert(access_token.clone(), format!("grantless {scope}"));
+    axum::Json(json!({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": state.expires_in.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
 fn lwa_error(status: StatusCode, error: &str, description: &str) -> Response {
     (
         status,
@@ -256,6 +339,9 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if params.get("grant_type").map(String::as_str) == Some("client_credentials") {
+        return grantless(&state, &params);
     }
     let complete = params.get("grant_type").map(String::as_str) == Some("refresh_token")
         && params

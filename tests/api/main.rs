@@ -10,6 +10,7 @@ mod proxy;
 mod api_keys;
 mod connection_tests;
 mod connections;
+mod grantless;
 mod lwa_answers;
 mod operators;
 mod scopes;

@@ -1,0 +1,13 @@
+-- Grantless access tokens (grant_type=client_credentials), one per application and
+-- scope, shared by every connection of the application; sealed like access tokens. The
+-- lease lets one fetch of one replica at a time call LWA, as for connections.
+CREATE TABLE grantless_tokens (
+    client_id TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    access_token TEXT,
+    fetched_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ,
+    lease_until TIMESTAMPTZ,
+    lease_holder UUID,
+    PRIMARY KEY (client_id, scope)
+);

@@ -1,0 +1,201 @@
+//! Grantless tokens: one per application (client id) and scope, sealed, shared by every
+//! connection of the application and every replica. On Postgres a lease in the row lets
+//! one fetch at a time call LWA, as `tokens.rs` does for connections.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Pool, Store, StoreError, StoredToken, pool_error};
+use crate::crypto::Sealed;
+use crate::domain::{ClientId, GrantlessScope};
+
+type TokenColumns = (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn stored(columns: TokenColumns) -> Option<StoredToken> {
+    match columns {
+        (Some(sealed), Some(fetched_at), Some(expires_at)) => Some(StoredToken {
+            sealed: Sealed::from_stored(sealed),
+            fetched_at,
+            expires_at,
+        }),
+        _ => None,
+    }
+}
+
+/// Claims the row's lease for `$4` for `$3` seconds (creating the row if need be) unless
+/// another holder's lease is running; returns the stored token when claimed.
+const CLAIM: &str = "INSERT INTO grantless_tokens (client_id, scope, lease_until, lease_holder) \
+    VALUES ($1, $2, now() + make_interval(secs => $3), $4) \
+    ON CONFLICT (client_id, scope) DO UPDATE \
+    SET lease_until = excluded.lease_until, lease_holder = excluded.lease_holder \
+    WHERE grantless_tokens.lease_until IS NULL OR grantless_tokens.lease_until < now() \
+    RETURNING access_token, fetched_at, expires_at";
+
+/// The right to fetch one application's grantless token for one scope.
+pub struct GrantlessLease {
+    client_id: ClientId,
+    scope: GrantlessScope,
+    held: Held,
+}
+
+enum Held {
+    Lease { pool: PgPool, holder: Uuid },
+    Nothing(sqlx::SqlitePool),
+    GivenUp,
+}
+
+impl Store {
+    /// The stored grantless token of `client_id` for `scope`, if any.
+    pub async fn grantless_token(
+        &self,
+        client_id: &ClientId,
+        scope: GrantlessScope,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        let sql = "SELECT access_token, fetched_at, expires_at FROM grantless_tokens \
+                   WHERE client_id = $1 AND scope = $2";
+        let row: Option<TokenColumns> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(client_id.as_str())
+            .bind(scope.as_str())
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.and_then(stored))
+    }
+
+    /// Claims the lease, waiting while another fetch holds it (`Busy` after `wait`);
+    /// returns the token stored by then.
+    pub async fn lease_grantless(
+        &self,
+        client_id: &ClientId,
+        scope: GrantlessScope,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(GrantlessLease, Option<StoredToken>), StoreError> {
+        let pool = match &self.pool {
+            Pool::Sqlite(pool) => {
+                let token = self.grantless_token(client_id, scope).await?;
+                let lease = GrantlessLease {
+                    client_id: client_id.clone(),
+                    scope,
+                    held: Held::Nothing(pool.clone()),
+                };
+                return Ok((lease, token));
+            }
+            Pool::Postgres(pool) => pool,
+        };
+        let holder = Uuid::new_v4();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let claimed: Option<TokenColumns> = sqlx::query_as(CLAIM)
+                .bind(client_id.as_str())
+                .bind(scope.as_str())
+                .bind(lease.as_secs_f64())
+                .bind(holder)
+                .fetch_optional(pool)
+                .await
+                .map_err(|err| pool_error(err, pool))?;
+            if let Some(columns) = claimed {
+                let lease = GrantlessLease {
+                    client_id: client_id.clone(),
+                    scope,
+                    held: Held::Lease {
+                        pool: pool.clone(),
+                        holder,
+                    },
+                };
+                return Ok((lease, stored(columns)));
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(StoreError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+}
+
+impl GrantlessLease {
+    /// Stores `token` and gives up the lease (on Postgres only while still holding it;
+    /// `Conflict` if it ran out and another fetch took it).
+    pub async fn write(mut self, token: &StoredToken) -> Result<(), StoreError> {
+        match std::mem::replace(&mut self.held, Held::GivenUp) {
+            Held::Nothing(pool) => {
+                sqlx::query(
+                    "INSERT INTO grantless_tokens \
+                     (client_id, scope, access_token, fetched_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client_id, scope) DO UPDATE \
+                     SET access_token = excluded.access_token, \
+                     fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+                )
+                .bind(self.client_id.as_str())
+                .bind(self.scope.as_str())
+                .bind(token.sealed.as_str())
+                .bind(token.fetched_at)
+                .bind(token.expires_at)
+                .execute(&pool)
+                .await?;
+                Ok(())
+            }
+            Held::Lease { pool, holder } => {
+                let updated = sqlx::query(
+                    "UPDATE grantless_tokens SET access_token = $3, fetched_at = $4, \
+                     expires_at = $5, lease_until = NULL, lease_holder = NULL \
+                     WHERE client_id = $1 AND scope = $2 AND lease_holder = $6",
+                )
+                .bind(self.client_id.as_str())
+                .bind(self.scope.as_str())
+                .bind(token.sealed.as_str())
+                .bind(token.fetched_at)
+                .bind(token.expires_at)
+                .bind(holder)
+                .execute(&pool)
+                .await?
+                .rows_affected();
+                if updated == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::Conflict)
+                }
+            }
+            Held::GivenUp => Ok(()),
+        }
+    }
+
+    /// Gives up the lease without writing.
+    pub async fn release(mut self) {
+        if let Held::Lease { pool, holder } = std::mem::replace(&mut self.held, Held::GivenUp) {
+            release(&pool, &self.client_id, self.scope, holder).await;
+        }
+    }
+}
+
+/// Best effort: a lease not given up runs out by itself.
+async fn release(pool: &PgPool, client_id: &ClientId, scope: GrantlessScope, holder: Uuid) {
+    let released = sqlx::query(
+        "UPDATE grantless_tokens SET lease_until = NULL, lease_holder = NULL \
+         WHERE client_id = $1 AND scope = $2 AND lease_holder = $3",
+    )
+    .bind(client_id.as_str())
+    .bind(scope.as_str())
+    .bind(holder)
+    .execute(pool)
+    .await;
+    if let Err(err) = released {
+        tracing::debug!(error = %err, "could not give up a grantless token lease; it will run out");
+    }
+}
+
+/// A lease dropped on an error path is given up in the background.
+impl Drop for GrantlessLease {
+    fn drop(&mut self) {
+        if let Held::Lease { pool, holder } = std::mem::replace(&mut self.held, Held::GivenUp) {
+            let (client_id, scope) = (self.client_id.clone(), self.scope);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { release(&pool, &client_id, scope, holder).await });
+            }
+        }
+    }
+}
