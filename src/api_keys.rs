@@ -148,8 +148,9 @@ impl ApiKeys {
 
     /// Replaces the in-memory keys with the database's; called every `RELOAD_INTERVAL`.
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let keys: HashMap<_, _> = self.store.active_api_keys().await?.into_iter().collect();
-        *self.write() = keys;
+        let loaded: HashMap<_, _> = self.store.active_api_keys().await?.into_iter().collect();
+        let mut active = self.write();
+        *active = merged(loaded, &active, crate::domain::now());
         Ok(())
     }
 
@@ -224,6 +225,25 @@ impl ApiKeys {
     }
 }
 
+/// The database's keys, plus the keys created here so recently that the reload's query
+/// may have missed them (else such a key would need a database lookup until the next
+/// reload, and fail while the database is down). A key revoked on another replica within
+/// that time works one interval longer: at most twice the interval in all.
+fn merged(
+    loaded: HashMap<ApiKeyHash, ApiKey>,
+    current: &HashMap<ApiKeyHash, ApiKey>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> HashMap<ApiKeyHash, ApiKey> {
+    let recent = now - chrono::TimeDelta::from_std(RELOAD_INTERVAL).expect("a short interval");
+    let mut keys = loaded;
+    for (hash, key) in current {
+        if key.created_at > recent && !keys.contains_key(hash) {
+            keys.insert(*hash, key.clone());
+        }
+    }
+    keys
+}
+
 fn describe(token: &ApiKeyToken, name: ApiKeyName, scopes: Vec<Scope>) -> ApiKey {
     ApiKey {
         id: ApiKeyId::generate(),
@@ -231,5 +251,47 @@ fn describe(token: &ApiKeyToken, name: ApiKeyName, scopes: Vec<Scope>) -> ApiKey
         scopes,
         prefix: token.display_prefix(),
         created_at: crate::domain::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(created_secs_ago: i64) -> (ApiKeyHash, ApiKey) {
+        let token = ApiKeyToken::generate();
+        let mut key = describe(
+            &token,
+            ApiKeyName::parse("test").unwrap(),
+            vec![Scope::TokensRead],
+        );
+        key.created_at = crate::domain::now() - chrono::TimeDelta::seconds(created_secs_ago);
+        (token.hash(), key)
+    }
+
+    /// A reload whose query ran while a key was created here used to drop that key from
+    /// memory: with the database then down, the key was refused (503) until it was back.
+    #[test]
+    fn a_reload_keeps_keys_created_while_it_ran() {
+        let (in_db, in_db_key) = key(60);
+        let (just_made, just_made_key) = key(0);
+        let (revoked_elsewhere, revoked_key) = key(60);
+        let loaded = HashMap::from([(in_db, in_db_key.clone())]);
+        let current = HashMap::from([
+            (in_db, in_db_key),
+            (just_made, just_made_key),
+            (revoked_elsewhere, revoked_key),
+        ]);
+        let merged = merged(loaded, &current, crate::domain::now());
+        assert!(merged.contains_key(&in_db));
+        assert!(
+            merged.contains_key(&just_made),
+            "too new for the reload's query"
+        );
+        assert!(
+            !merged.contains_key(&revoked_elsewhere),
+            "gone from the database"
+        );
+        assert_eq!(merged.len(), 2);
     }
 }

@@ -84,6 +84,7 @@ impl Application {
             keyring.clone(),
             LwaClient::new(config.lwa_token_url.clone(), config.lwa.clone()),
             SpApiHosts::new(config.spapi_url.clone()),
+            SpApiClient::new(&config.spapi),
             config.tokens.clone(),
         );
         let connections = Connections::new(store.clone(), keyring, tokens.clone());
@@ -119,10 +120,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let changes = self.state.tokens.listen_for_changes().await;
         let background: Vec<JoinHandle<()>> = vec![
             tokio::spawn(self.state.api_keys.clone().reload_periodically()),
             tokio::spawn(self.state.tokens.clone().refresh_ahead_periodically()),
-            tokio::spawn(self.state.tokens.clone().follow_changes()),
+            tokio::spawn(self.state.tokens.clone().follow_changes(changes)),
             tokio::spawn(self.state.tokens.clone().recheck_versions_periodically()),
         ];
         let store = self.state.store.clone();

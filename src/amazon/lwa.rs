@@ -100,18 +100,11 @@ enum Attempt {
 impl LwaClient {
     /// `token_url` is https, or http on a loopback host (fakes); `config` checks it.
     pub fn new(token_url: Url, settings: LwaSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(token_url.scheme() == "https")
-            .user_agent(concat!(
-                "connection-registry/",
-                env!("CARGO_PKG_VERSION"),
-                " (Language=Rust)"
-            ))
-            .build()
-            .expect("a TLS backend is compiled in");
+        let http = super::http_client(
+            settings.connect_timeout,
+            settings.request_timeout,
+            token_url.scheme() == "https",
+        );
         Self {
             http,
             token_url,

@@ -1,5 +1,6 @@
 //! The SP-API calls the service makes itself (docs/amazon.md, "SP-API"): testing a
-//! connection. Workers make every other call with the tokens the service hands out.
+//! connection, and restricted data tokens. Workers make every other call with the tokens
+//! the service hands out.
 //!
 //! Each call carries the access token in `x-amz-access-token` and a user agent naming the
 //! service. Nothing is retried here: a test is a person waiting, so a throttled or
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::{StatusCode, header};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::answer::{ReadError, Scrubber, describe_transport_error, read_bounded, retry_after};
 use super::endpoints::SpApiEndpoint;
-use crate::domain::AccessToken;
+use crate::domain::{AccessToken, MAX_TOKEN_LEN, RestrictedDataRequest};
 
 /// Timeouts of one SP-API call.
 #[derive(Debug, Clone)]
@@ -92,17 +94,9 @@ pub struct SpApiClient {
 
 impl SpApiClient {
     pub fn new(settings: &SpApiSettings) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!(
-                "connection-registry/",
-                env!("CARGO_PKG_VERSION"),
-                " (Language=Rust)"
-            ))
-            .build()
-            .expect("a TLS backend is compiled in");
+        // The hosts may be overridden by a loopback fake (`REGISTRY_SPAPI_URL`, checked
+        // to be https or loopback), so plain http is not refused here.
+        let http = super::http_client(settings.connect_timeout, settings.request_timeout, false);
         Self { http }
     }
 
@@ -142,6 +136,22 @@ impl SpApiClient {
             .map(|_| ())
     }
 
+    /// `createRestrictedDataToken`: a token for the restricted operations in `request`,
+    /// and how long it lives.
+    pub async fn create_restricted_data_token(
+        &self,
+        endpoint: &SpApiEndpoint,
+        token: &AccessToken,
+        request: &RestrictedDataRequest,
+    ) -> Result<(SecretString, Duration), SpApiError> {
+        let url = format!(
+            "{}/tokens/2021-03-01/restrictedDataToken",
+            endpoint.sp_api_endpoint
+        );
+        let body = self.send(self.http.post(url).json(request), token).await?;
+        parse_restricted_data_token(&body)
+    }
+
     async fn get(
         &self,
         endpoint: &SpApiEndpoint,
@@ -149,10 +159,20 @@ impl SpApiClient {
         query: &[(&str, String)],
         token: &AccessToken,
     ) -> Result<Vec<u8>, SpApiError> {
-        let response = self
+        let request = self
             .http
             .get(format!("{}{path}", endpoint.sp_api_endpoint))
-            .query(query)
+            .query(query);
+        self.send(request, token).await
+    }
+
+    /// Sends `request` with `token`; the body of a 2xx, or the error it means.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: &AccessToken,
+    ) -> Result<Vec<u8>, SpApiError> {
+        let response = request
             .header("x-amz-access-token", token.expose())
             .header(header::ACCEPT, "application/json")
             .send()
@@ -237,6 +257,37 @@ fn classify(
         status if status.is_server_error() => SpApiError::Unavailable(said()),
         _ => SpApiError::Protocol(said()),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestrictedDataTokenBody {
+    restricted_data_token: String,
+    expires_in: u64,
+}
+
+fn parse_restricted_data_token(body: &[u8]) -> Result<(SecretString, Duration), SpApiError> {
+    let parsed: RestrictedDataTokenBody = serde_json::from_slice(body).map_err(|_| {
+        SpApiError::Protocol("the answer is not a restrictedDataToken response".into())
+    })?;
+    let token = parsed.restricted_data_token;
+    if token.is_empty()
+        || token.len() > MAX_TOKEN_LEN
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(SpApiError::Protocol(
+            "restrictedDataToken is not a token".into(),
+        ));
+    }
+    if !(1..=86_400).contains(&parsed.expires_in) {
+        return Err(SpApiError::Protocol(
+            "expiresIn is not a number of seconds".into(),
+        ));
+    }
+    Ok((
+        SecretString::from(token),
+        Duration::from_secs(parsed.expires_in),
+    ))
 }
 
 #[derive(Deserialize)]

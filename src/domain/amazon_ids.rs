@@ -165,7 +165,7 @@ impl MerchantToken {
 }
 
 /// SP-API application id: `amzn1.sp.solution.<uuid>` or `amzn1.sellerapps.app.<uuid>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct ApplicationId(String);
 

@@ -7,6 +7,7 @@ mod connection;
 mod id;
 mod marketplace;
 mod region;
+mod restricted;
 mod token;
 
 pub use amazon_ids::{
@@ -20,6 +21,9 @@ pub use connection::{
 pub use id::{ApiKeyId, ConnectionId, ResourceId};
 pub use marketplace::{MARKETPLACES, Marketplace};
 pub use region::{AccountType, Environment, Region};
+pub use restricted::{
+    DataElement, HttpMethod, MAX_RESOURCES, ResourcePath, RestrictedDataRequest, RestrictedResource,
+};
 pub use token::{AccessToken, GrantlessScope};
 
 /// The current time at the precision both databases store (microseconds), so what a

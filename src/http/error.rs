@@ -269,6 +269,12 @@ impl From<TokenError> for ApiError {
             },
             TokenError::Store(err) => store_error(&err),
             TokenError::Crypto(err) => err.into(),
+            // What the worker asked for (a restricted resource) may be what was refused.
+            TokenError::SpApi(err) => spapi_error(
+                &err,
+                format!("createRestrictedDataToken: {err}"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
         }
     }
 }
@@ -282,34 +288,40 @@ impl From<TestError> for ApiError {
         match err {
             TestError::Token(err) => Self::from_authorization(err),
             TestError::Connection(err) => err.into(),
-            TestError::SpApi { error, .. } => match error {
-                SpApiError::RoleMissing
-                | SpApiError::ClientSecretExpired
-                | SpApiError::AccessTokenRejected(_) => Self::Refused {
-                    code: error.code(),
-                    detail,
-                },
-                SpApiError::Throttled { retry_after } => Self::RetryLater {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: error.code(),
-                    detail,
-                    retry_after_secs: retry_after
-                        .map_or(DEFAULT_RETRY_AFTER_SECS, |wait| wait.as_secs())
-                        .max(1),
-                },
-                SpApiError::Unavailable(_) => Self::RetryLater {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: error.code(),
-                    detail,
-                    retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
-                },
-                SpApiError::InvalidInput(_) | SpApiError::Protocol(_) => Self::RetryLater {
-                    status: StatusCode::BAD_GATEWAY,
-                    code: error.code(),
-                    detail,
-                    retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
-                },
-            },
+            TestError::SpApi { error, .. } => spapi_error(&error, detail, StatusCode::BAD_GATEWAY),
+        }
+    }
+}
+
+/// One SP-API failure: a refusal is a 422 naming it, throttling and failing are 503s
+/// with `Retry-After`, an unusable answer a 502. `invalid_input` is the caller's fault
+/// when the caller wrote what was sent (a restricted resource: 422), ours otherwise (502).
+fn spapi_error(error: &SpApiError, detail: String, invalid_input: StatusCode) -> ApiError {
+    let code = error.code();
+    let retry_later = |status, retry_after_secs| ApiError::RetryLater {
+        status,
+        code,
+        detail: detail.clone(),
+        retry_after_secs,
+    };
+    match error {
+        SpApiError::RoleMissing
+        | SpApiError::ClientSecretExpired
+        | SpApiError::AccessTokenRejected(_) => ApiError::Refused { code, detail },
+        SpApiError::InvalidInput(_) if invalid_input == StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::Refused { code, detail }
+        }
+        SpApiError::Throttled { retry_after } => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry_after
+                .map_or(DEFAULT_RETRY_AFTER_SECS, |wait| wait.as_secs())
+                .max(1),
+        ),
+        SpApiError::Unavailable(_) => {
+            retry_later(StatusCode::SERVICE_UNAVAILABLE, DEFAULT_RETRY_AFTER_SECS)
+        }
+        SpApiError::InvalidInput(_) | SpApiError::Protocol(_) => {
+            retry_later(StatusCode::BAD_GATEWAY, DEFAULT_RETRY_AFTER_SECS)
         }
     }
 }

@@ -89,11 +89,16 @@ async fn token(
         merchant_token: &grant.merchant_token,
         marketplace_ids: &grant.marketplace_ids,
     };
+    Ok(credential(body, served))
+}
+
+/// A response whose body is a credential: nothing on the way may keep it
+/// (`Cache-Control: no-store`), and `Cache-Status` (RFC 9211) tells the worker (and the
+/// tests) whether it waited on a fetch.
+pub(super) fn credential(body: impl Serialize, served: Served) -> Response {
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();
-    // The body is a credential: nothing on the way may keep it.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // RFC 9211: tells a worker (and the tests) whether it waited on a fetch.
     headers.insert(
         "cache-status",
         HeaderValue::from_static(match served {
@@ -102,7 +107,7 @@ async fn token(
             Served::Stale => "connection-registry; hit; detail=stale",
         }),
     );
-    Ok(response)
+    response
 }
 
 fn boolean(input: &str) -> Result<bool, ParseError> {

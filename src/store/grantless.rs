@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::tokens::claim_within;
 use super::{Pool, Store, StoreError, StoredToken, pool_error};
 use crate::crypto::Sealed;
 use crate::domain::{ClientId, GrantlessScope};
@@ -86,9 +87,7 @@ impl Store {
             Pool::Postgres(pool) => pool,
         };
         let holder = Uuid::new_v4();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(25);
-        loop {
+        let columns = claim_within(wait, || async {
             let claimed: Option<TokenColumns> = sqlx::query_as(CLAIM)
                 .bind(client_id.as_str())
                 .bind(scope.as_str())
@@ -97,23 +96,18 @@ impl Store {
                 .fetch_optional(pool)
                 .await
                 .map_err(|err| pool_error(err, pool))?;
-            if let Some(columns) = claimed {
-                let lease = GrantlessLease {
-                    client_id: client_id.clone(),
-                    scope,
-                    held: Held::Lease {
-                        pool: pool.clone(),
-                        holder,
-                    },
-                };
-                return Ok((lease, stored(columns)));
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(StoreError::Busy);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
-        }
+            Ok(claimed)
+        })
+        .await?;
+        let lease = GrantlessLease {
+            client_id: client_id.clone(),
+            scope,
+            held: Held::Lease {
+                pool: pool.clone(),
+                holder,
+            },
+        };
+        Ok((lease, stored(columns)))
     }
 }
 

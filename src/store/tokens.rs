@@ -78,9 +78,7 @@ impl Store {
             Pool::Postgres(pool) => pool,
         };
         let holder = Uuid::new_v4();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(25);
-        loop {
+        let columns = claim_within(wait, || async {
             let claimed: Option<ConnectionColumns> = sqlx::query_as(CLAIM_LEASE)
                 .bind(id.as_uuid())
                 .bind(lease.as_secs_f64())
@@ -88,32 +86,29 @@ impl Store {
                 .fetch_optional(pool)
                 .await
                 .map_err(|err| super::pool_error(err, pool))?;
-            if let Some(columns) = claimed {
-                let lease = TokenLease {
-                    id,
-                    held: Held::Lease {
-                        pool: pool.clone(),
-                        holder,
-                    },
-                };
-                return Ok((lease, columns.try_into()?));
+            if claimed.is_none() {
+                // Held by another fetch, or gone.
+                let exists: Option<(i64,)> =
+                    sqlx::query_as("SELECT version FROM connections WHERE id = $1")
+                        .bind(id.as_uuid())
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(|err| super::pool_error(err, pool))?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound);
+                }
             }
-            // Held by another fetch, or gone.
-            let exists: Option<(i64,)> =
-                sqlx::query_as("SELECT version FROM connections WHERE id = $1")
-                    .bind(id.as_uuid())
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(|err| super::pool_error(err, pool))?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound);
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(StoreError::Busy);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
-        }
+            Ok(claimed)
+        })
+        .await?;
+        let lease = TokenLease {
+            id,
+            held: Held::Lease {
+                pool: pool.clone(),
+                holder,
+            },
+        };
+        Ok((lease, columns.try_into()?))
     }
 
     /// Postgres only (one SQLite process has no other replica): the change listener.
@@ -124,7 +119,6 @@ impl Store {
             Pool::Postgres(pool) => Some(ChangeListener {
                 pool: pool.clone(),
                 listener: None,
-                connected_before: false,
                 heartbeat,
             }),
             Pool::Sqlite(_) => None,
@@ -150,6 +144,29 @@ impl Store {
             .into_iter()
             .map(|(id, version)| (ConnectionId::from(id), version))
             .collect())
+    }
+}
+
+/// Tries `claim` until it claims something (`Some`), pausing 25 ms, doubling up to
+/// 250 ms, in between: `Busy` once `wait` would pass.
+pub(super) async fn claim_within<T, Fut>(
+    wait: Duration,
+    mut claim: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        if let Some(claimed) = claim().await? {
+            return Ok(claimed);
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(StoreError::Busy);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
@@ -241,28 +258,37 @@ pub enum Change {
 pub struct ChangeListener {
     pool: PgPool,
     listener: Option<PgListener>,
-    connected_before: bool,
     heartbeat: Duration,
 }
 
 impl ChangeListener {
+    /// Connects before the replica serves, so nothing it caches can predate its
+    /// listening. `false` if the database did not answer in time: `next` keeps trying.
+    pub async fn connect_before_serving(&mut self) -> bool {
+        match self.connect().await {
+            Ok(Ok(listener)) => {
+                self.listener = Some(listener);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The next change; reconnects (every second) while the database is unreachable.
     ///
     /// A link can die silently (a NAT or load balancer forgetting an idle connection, a
     /// half-open socket after a failover): no error, just no more notifications. So a
     /// quiet link is asked `SELECT 1` every `heartbeat`, and one that does not answer
-    /// within `heartbeat` is replaced; the reconnect reports `MaybeMissed`.
+    /// within `heartbeat` is replaced. Every connection made here, the first one included
+    /// (the replica was serving, and caching, meanwhile), reports `MaybeMissed`.
     pub async fn next(&mut self) -> Change {
         loop {
             let listener = match &mut self.listener {
                 Some(listener) => listener,
                 None => match self.connect().await {
                     Ok(Ok(listener)) => {
-                        let listener = self.listener.insert(listener);
-                        if std::mem::replace(&mut self.connected_before, true) {
-                            return Change::MaybeMissed;
-                        }
-                        listener
+                        self.listener = Some(listener);
+                        return Change::MaybeMissed;
                     }
                     failed => {
                         let reason = match failed {
@@ -299,8 +325,13 @@ impl ChangeListener {
     async fn connect(
         &self,
     ) -> Result<Result<PgListener, sqlx::Error>, tokio::time::error::Elapsed> {
+        // A connection of its own, freshly opened: one from the shared pool may sit on the
+        // same dead link the heartbeat just gave up on.
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
         tokio::time::timeout(self.heartbeat.max(Duration::from_secs(1)), async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(CHANGES_CHANNEL).await?;
             Ok(listener)
         })

@@ -13,6 +13,7 @@ mod fetch;
 mod flight;
 mod grantless;
 mod refresh;
+mod restricted;
 mod settings;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::amazon::endpoints::{SpApiEndpoint, SpApiHosts};
 use crate::amazon::lwa::{LwaClient, LwaError};
+use crate::amazon::spapi::{SpApiClient, SpApiError};
 use crate::crypto::{CryptoError, Keyring};
 use crate::domain::{
     AccessToken, ConnectionId, ConnectionStatus, Environment, MerchantToken, Region, now,
@@ -29,6 +31,7 @@ use crate::domain::{
 use crate::store::{Store, StoreError};
 use cache::Cache;
 use flight::Flights;
+pub use restricted::RestrictedDataToken;
 pub use settings::TokenSettings;
 
 /// Why no token could be handed out.
@@ -48,6 +51,9 @@ pub enum TokenError {
     /// The connection changed twice while its token was being fetched.
     #[error("the connection changed while its token was fetched")]
     ChangedDuringFetch,
+    /// SP-API refused or failed a call made for the caller (a restricted data token).
+    #[error(transparent)]
+    SpApi(SpApiError),
     /// Shared by every caller of one fetch, hence behind an `Arc`.
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -62,6 +68,7 @@ impl TokenError {
             Self::NotFound => "not_found",
             Self::NotAuthorized(_) => "not_authorized",
             Self::Rejected(err) | Self::Upstream(err) => err.code(),
+            Self::SpApi(err) => err.code(),
             Self::ChangedDuringFetch | Self::Store(_) => "store",
             Self::Crypto(_) => "crypto",
         }
@@ -158,6 +165,9 @@ struct Inner {
     flights: Flights<ConnectionId, Grant>,
     grantless: grantless::GrantlessCache,
     grantless_flights: Flights<grantless::GrantlessKey, AccessToken>,
+    spapi: SpApiClient,
+    restricted: restricted::RestrictedCache,
+    restricted_flights: Flights<restricted::RestrictedKey, RestrictedDataToken>,
     /// Permits for refreshes ahead of expiry (`settings.refresh_concurrency`).
     refreshes: Arc<tokio::sync::Semaphore>,
 }
@@ -168,6 +178,7 @@ impl TokenService {
         keyring: Arc<Keyring>,
         lwa: LwaClient,
         hosts: SpApiHosts,
+        spapi: SpApiClient,
         settings: TokenSettings,
     ) -> Self {
         let lease = lwa.longest_exchange() + std::time::Duration::from_secs(5);
@@ -186,6 +197,9 @@ impl TokenService {
                 flights: Flights::default(),
                 grantless: grantless::GrantlessCache::default(),
                 grantless_flights: Flights::default(),
+                spapi,
+                restricted: restricted::RestrictedCache::default(),
+                restricted_flights: Flights::default(),
                 refreshes,
             }),
         }
@@ -278,6 +292,7 @@ impl TokenService {
     /// caching theirs. (The store tells the other replicas when the change commits.)
     pub fn invalidate(&self, id: ConnectionId) {
         self.inner.cache.invalidate(id);
+        self.inner.restricted.invalidate(id);
         self.inner.flights.detach(&id);
     }
 

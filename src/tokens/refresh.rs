@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Need, TokenService};
 use crate::domain::now;
-use crate::store::{Backend, Change};
+use crate::store::{Backend, Change, ChangeListener};
 
 /// A fetch never outlives this; invalidations older than it need no bookkeeping.
 const LONGEST_FETCH: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
@@ -65,10 +65,20 @@ impl TokenService {
         }
     }
 
-    /// Applies other replicas' changes to this cache (Postgres only).
-    pub async fn follow_changes(self) {
+    /// Postgres only: the listener for other replicas' changes, connected before this
+    /// replica serves (a notification sent between serving and listening would be lost).
+    pub async fn listen_for_changes(&self) -> Option<ChangeListener> {
         let heartbeat = self.inner.settings.listener_heartbeat;
-        let Some(mut listener) = self.inner.store.change_listener(heartbeat) else {
+        let mut listener = self.inner.store.change_listener(heartbeat)?;
+        if !listener.connect_before_serving().await {
+            tracing::warn!("cannot listen for changes yet; serving anyway and retrying");
+        }
+        Some(listener)
+    }
+
+    /// Applies other replicas' changes to this cache.
+    pub async fn follow_changes(self, listener: Option<ChangeListener>) {
+        let Some(mut listener) = listener else {
             return;
         };
         loop {
@@ -77,6 +87,7 @@ impl TokenService {
                 Change::MaybeMissed => {
                     tracing::info!("change notifications resumed; re-reading cached connections");
                     self.inner.cache.invalidate_all();
+                    self.inner.restricted.invalidate_all();
                 }
             }
         }

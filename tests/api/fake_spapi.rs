@@ -44,6 +44,10 @@ pub(crate) struct SpApiState {
     revoked: Mutex<HashSet<String>>,
     marketplaces: Mutex<Option<Vec<FakeMarketplace>>>,
     calls: AtomicUsize,
+    rdt_calls: AtomicUsize,
+    rdt_issued: AtomicUsize,
+    /// The last createRestrictedDataToken body.
+    rdt_bodies: Mutex<Option<Value>>,
     /// Path and query of each call, in order.
     seen: Mutex<Vec<(String, HashMap<String, String>)>>,
 }
@@ -68,6 +72,16 @@ impl FakeLwa {
         *self.state.spapi.marketplaces.lock().unwrap() = Some(marketplaces.to_vec());
     }
 
+    /// createRestrictedDataToken calls so far.
+    pub fn rdt_calls(&self) -> usize {
+        self.state.spapi.rdt_calls.load(Ordering::SeqCst)
+    }
+
+    /// The body of the last createRestrictedDataToken call.
+    pub fn last_rdt_request(&self) -> Option<Value> {
+        self.state.spapi.rdt_bodies.lock().unwrap().clone()
+    }
+
     pub fn spapi_calls(&self) -> usize {
         self.state.spapi.calls.load(Ordering::SeqCst)
     }
@@ -87,6 +101,10 @@ pub(crate) fn routes() -> Router<Arc<FakeState>> {
         .route(
             "/vendor/orders/v1/purchaseOrders",
             get(|state, headers, query| answer(state, headers, query, Call::Vendor)),
+        )
+        .route(
+            "/tokens/2021-03-01/restrictedDataToken",
+            axum::routing::post(restricted_data_token),
         )
 }
 
@@ -129,93 +147,8 @@ async fn answer(
         .lock()
         .unwrap()
         .push((path.to_owned(), query.clone()));
-    let Some(token) = headers
-        .get("x-amz-access-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Unauthorized",
-            DENIED,
-            "Access token is missing in the request header.",
-        );
-    };
-    if state.issued_for(&token).is_none() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Unauthorized",
-            DENIED,
-            "The access token you provided is revoked, malformed or invalid.",
-        );
-    }
-    if spapi.revoked.lock().unwrap().contains(&token) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Unauthorized",
-            DENIED,
-            "The access token you provided has expired.",
-        );
-    }
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !user_agent.starts_with("connection-registry/") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "InvalidInput",
-            "missing user agent",
-            "",
-        );
-    }
-    match *spapi.mode.lock().unwrap() {
-        SpApiMode::Answer => {}
-        SpApiMode::RoleMissing => return error(StatusCode::FORBIDDEN, "Unauthorized", DENIED, ""),
-        SpApiMode::ExpireEveryToken => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "Unauthorized",
-                DENIED,
-                "The access token you provided has expired.",
-            );
-        }
-        SpApiMode::SecretExpired => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "Unauthorized",
-                DENIED,
-                "The LWA secret token you provided has expired.",
-            );
-        }
-        SpApiMode::Throttled { retry_after_secs } => {
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "QuotaExceeded",
-                "You exceeded your quota for the requested resource.",
-                "",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry_after_secs.into());
-            return response;
-        }
-        SpApiMode::Failing => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "InternalFailure",
-                "We encountered an internal error. Please try again.",
-                "",
-            );
-        }
-        SpApiMode::EchoToken => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidInput",
-                &format!("token {token} is not allowed here"),
-                &token,
-            );
-        }
+    if let Some(refusal) = refused(&state, &headers) {
+        return refusal;
     }
     match call {
         Call::Seller => {
@@ -257,4 +190,138 @@ async fn answer(
             axum::Json(json!({"payload": {"pagination": {}, "orders": []}})).into_response()
         }
     }
+}
+
+/// The refusal of a call refused before it is looked at: a missing, unknown or revoked
+/// token, no user agent, or the mode's error.
+fn refused(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
+    let spapi = &state.spapi;
+    let Some(token) = headers
+        .get("x-amz-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "Access token is missing in the request header.",
+        ));
+    };
+    if state.issued_for(&token).is_none() {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The access token you provided is revoked, malformed or invalid.",
+        ));
+    }
+    if spapi.revoked.lock().unwrap().contains(&token) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The access token you provided has expired.",
+        ));
+    }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !user_agent.starts_with("connection-registry/") {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            "missing user agent",
+            "",
+        ));
+    }
+    let refusal = match *spapi.mode.lock().unwrap() {
+        SpApiMode::Answer => return None,
+        SpApiMode::RoleMissing => error(StatusCode::FORBIDDEN, "Unauthorized", DENIED, ""),
+        SpApiMode::ExpireEveryToken => error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The access token you provided has expired.",
+        ),
+        SpApiMode::SecretExpired => error(
+            StatusCode::FORBIDDEN,
+            "Unauthorized",
+            DENIED,
+            "The LWA secret token you provided has expired.",
+        ),
+        SpApiMode::Throttled { retry_after_secs } => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "QuotaExceeded",
+                "You exceeded your quota for the requested resource.",
+                "",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs.into());
+            response
+        }
+        SpApiMode::Failing => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "InternalFailure",
+            "We encountered an internal error. Please try again.",
+            "",
+        ),
+        SpApiMode::EchoToken => error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            &format!("token {token} is not allowed here"),
+            &token,
+        ),
+    };
+    Some(refusal)
+}
+
+/// `createRestrictedDataToken`: 1 to 50 resources with a method and a path starting with
+/// `/`; a path containing `forbidden` is refused as Amazon refuses resources the app may
+/// not reach.
+async fn restricted_data_token(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    let spapi = &state.spapi;
+    spapi.calls.fetch_add(1, Ordering::SeqCst);
+    spapi.rdt_calls.fetch_add(1, Ordering::SeqCst);
+    spapi.seen.lock().unwrap().push((
+        "/tokens/2021-03-01/restrictedDataToken".to_owned(),
+        HashMap::new(),
+    ));
+    *spapi.rdt_bodies.lock().unwrap() = Some(body.clone());
+    if let Some(refusal) = refused(&state, &headers) {
+        return refusal;
+    }
+    let resources = body["restrictedResources"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let well_formed = (1..=50).contains(&resources.len())
+        && resources.iter().all(|r| {
+            ["GET", "PUT", "POST", "DELETE"].contains(&r["method"].as_str().unwrap_or(""))
+                && r["path"].as_str().is_some_and(|p| p.starts_with('/'))
+        });
+    if !well_formed {
+        return error(StatusCode::BAD_REQUEST, "InvalidInput", "Invalid Input", "");
+    }
+    if resources
+        .iter()
+        .any(|r| r["path"].as_str().unwrap_or("").contains("forbidden"))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            "Application does not have access to one or more requested data elements",
+            "",
+        );
+    }
+    let n = spapi.rdt_issued.fetch_add(1, Ordering::SeqCst);
+    let rdt = crate::logs::secret(format!("Atz.sprdt|IwEBIrdt-{n:06}-{}", "r".repeat(300)));
+    axum::Json(json!({"restrictedDataToken": rdt, "expiresIn": 3600})).into_response()
 }

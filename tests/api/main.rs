@@ -13,6 +13,7 @@ mod connections;
 mod grantless;
 mod lwa_answers;
 mod operators;
+mod restricted;
 mod scopes;
 mod secrets;
 mod slow_clients;

@@ -55,6 +55,7 @@ fn routes() -> Vec<Route> {
         route(Method::POST, "/connections/{connection}/authorize", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::POST, "/connections/{connection}/test", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::GET, "/connections/{connection}/token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
+        route(Method::POST, "/connections/{connection}/restricted-data-token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
         route(Method::POST, "/api-keys", StatusCode::CREATED, "admin", true, [U, U, F, F, F, Y]),
         route(Method::DELETE, "/api-keys/{api_key}", StatusCode::NO_CONTENT, "admin", true, [U, U, F, F, F, Y]),
@@ -107,6 +108,9 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
                     Some(json!({"name": "new", "scopes": ["tokens:read"]}))
                 }
                 (&Method::PATCH, _) => Some(json!({"name": "renamed"})),
+                (&Method::POST, "/connections/{connection}/restricted-data-token") => Some(json!(
+                    {"restricted_resources": [{"method": "GET", "path": "/orders/v0/orders/1/address"}]}
+                )),
                 (&Method::POST, _) => Some(json!({})),
                 _ => None,
             };

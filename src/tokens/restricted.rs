@@ -1,0 +1,118 @@
+//! Restricted Data Tokens: `createRestrictedDataToken` called with a connection's access
+//! token, for workers that need buyers' personal data. A burst of workers asking for the
+//! same operations of one connection costs one SP-API call: identical requests share a
+//! token from memory until shortly before it expires, and one fetch at a time (single
+//! flight, per process). RDTs are never stored, and dropped with the connection's access
+//! token when the connection changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use secrecy::SecretString;
+
+use super::{Served, TokenError, TokenService};
+use crate::amazon::spapi::SpApiError;
+use crate::domain::{ConnectionId, RestrictedDataRequest, now};
+
+/// An RDT is not handed out with less than this left.
+const MIN_LIFE: TimeDelta = TimeDelta::seconds(60);
+
+pub(super) type RestrictedKey = (ConnectionId, RestrictedDataRequest);
+
+/// A Restricted Data Token (`Atz.sprdt|…`). `Debug` prints a redaction.
+pub struct RestrictedDataToken {
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for RestrictedDataToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestrictedDataToken")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// The RDTs in memory.
+#[derive(Default)]
+pub(super) struct RestrictedCache {
+    tokens: Mutex<HashMap<RestrictedKey, Arc<RestrictedDataToken>>>,
+}
+
+impl RestrictedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RestrictedKey, Arc<RestrictedDataToken>>> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every RDT of this connection.
+    pub(super) fn invalidate(&self, id: ConnectionId) {
+        self.lock().retain(|(of, _), _| *of != id);
+    }
+
+    pub(super) fn invalidate_all(&self) {
+        self.lock().clear();
+    }
+}
+
+impl TokenService {
+    /// An RDT for `request` on connection `id`, with at least a minute left.
+    pub async fn restricted_data_token(
+        &self,
+        id: ConnectionId,
+        request: RestrictedDataRequest,
+    ) -> Result<(Arc<RestrictedDataToken>, Served), TokenError> {
+        let key: RestrictedKey = (id, request);
+        let usable = |token: &RestrictedDataToken| token.expires_at - now() >= MIN_LIFE;
+        let cached = self.inner.restricted.lock().get(&key).cloned();
+        if let Some(token) = cached.filter(|token| usable(token)) {
+            return Ok((token, Served::Memory));
+        }
+        for _ in 0..2 {
+            let flight = self
+                .inner
+                .restricted_flights
+                .join_or_start(key.clone(), || fetch(self.clone(), key.clone()));
+            let token = flight.await?;
+            if usable(&token) {
+                return Ok((token, Served::Fetched));
+            }
+        }
+        Err(TokenError::SpApi(SpApiError::Protocol(
+            "Amazon issued a restricted data token that expires at once".into(),
+        )))
+    }
+}
+
+/// Calls `createRestrictedDataToken` with the connection's token; with a fresh one once
+/// more if SP-API refuses it.
+async fn fetch(
+    service: TokenService,
+    key: RestrictedKey,
+) -> Result<Arc<RestrictedDataToken>, TokenError> {
+    let (id, request) = &key;
+    let spapi = &service.inner.spapi;
+    // Invalidations while this runs mean the connection changed: do not cache then.
+    let generation = service.inner.cache.stamp(*id);
+    let (grant, _) = service.get(*id, MIN_LIFE.num_seconds(), false).await?;
+    let sent_at = now();
+    let mut minted = spapi
+        .create_restricted_data_token(&grant.endpoint, &grant.token, request)
+        .await;
+    if let Err(SpApiError::AccessTokenRejected(_)) = minted {
+        let fresh = service.refetch(*id).await?;
+        minted = spapi
+            .create_restricted_data_token(&fresh.endpoint, &fresh.token, request)
+            .await;
+    }
+    let (token, lives) = minted.map_err(TokenError::SpApi)?;
+    let token = Arc::new(RestrictedDataToken {
+        token,
+        expires_at: sent_at + TimeDelta::from_std(lives).unwrap_or(TimeDelta::zero()),
+    });
+    if service.inner.cache.stamp(*id) == generation {
+        service.inner.restricted.lock().insert(key, token.clone());
+    }
+    Ok(token)
+}

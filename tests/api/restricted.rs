@@ -1,0 +1,210 @@
+//! `POST /connections/{id}/restricted-data-token`: checked at the edge, one SP-API call
+//! for a burst of identical requests, a fresh token when the connection changes.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::fake_amazon::FakeLwa;
+use crate::helpers::{ADMIN_KEY, Backend, TestApp, invalid_fields, problem, spawn_with_amazon};
+use crate::tokens::connection;
+
+both_backends!(
+    identical_requests_share_one_restricted_data_token,
+    bad_resources_are_refused_at_the_edge_or_by_amazon,
+);
+
+fn address_of(order: &str, elements: &[&str]) -> Value {
+    json!({"restricted_resources": [{
+        "method": "GET",
+        "path": format!("/orders/v0/orders/{order}/address"),
+        "data_elements": elements,
+    }]})
+}
+
+async fn rdt(app: &TestApp, id: &str, key: &str, body: &Value) -> reqwest::Response {
+    app.post(
+        &format!("/connections/{id}/restricted-data-token"),
+        key,
+        body,
+    )
+    .await
+}
+
+async fn rdt_ok(app: &TestApp, id: &str, key: &str, body: &Value) -> (Value, String) {
+    let response = rdt(app, id, key, body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let cache = response.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (response.json().await.unwrap(), cache)
+}
+
+/// Guards the RDT cache key (connection and request), its single flight, and its
+/// invalidation when the connection changes.
+async fn identical_requests_share_one_restricted_data_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let worker = app.api_key(&["tokens:read"]).await;
+
+    let (first, cache) = rdt_ok(
+        &app,
+        &id,
+        &worker,
+        &address_of("902-1", &["shippingAddress", "buyerInfo"]),
+    )
+    .await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    assert!(
+        first["restricted_data_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("Atz.sprdt|")
+    );
+    let expires_in = first["expires_in"].as_i64().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+    assert_eq!(
+        fake.last_rdt_request(),
+        Some(json!({"restrictedResources": [{"method": "GET",
+            "path": "/orders/v0/orders/902-1/address",
+            "dataElements": ["buyerInfo", "shippingAddress"]}]})),
+        "Amazon's shape, data elements in a fixed order"
+    );
+
+    // The same request (elements in another order) is the same token, from memory.
+    let (again, cache) = rdt_ok(
+        &app,
+        &id,
+        &worker,
+        &address_of("902-1", &["buyerInfo", "shippingAddress"]),
+    )
+    .await;
+    assert_eq!(cache, "connection-registry; hit");
+    assert_eq!(
+        again["restricted_data_token"],
+        first["restricted_data_token"]
+    );
+    assert_eq!(fake.rdt_calls(), 1);
+
+    // Another order is another token.
+    let (other, _) = rdt_ok(&app, &id, &worker, &address_of("902-2", &["buyerInfo"])).await;
+    assert_ne!(
+        other["restricted_data_token"],
+        first["restricted_data_token"]
+    );
+    assert_eq!(fake.rdt_calls(), 2);
+
+    // A burst of identical new requests: one call.
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(
+                app.client
+                    .post(app.url(&format!("/connections/{id}/restricted-data-token")))
+                    .bearer_auth(&worker)
+                    .json(&address_of("902-3", &[]))
+                    .send(),
+            )
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for ask in burst {
+        let body: Value = ask.await.unwrap().unwrap().json().await.unwrap();
+        tokens.push(body["restricted_data_token"].as_str().unwrap().to_owned());
+    }
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(fake.rdt_calls(), 3);
+
+    // A change of the connection drops its RDTs.
+    let renamed = app
+        .patch(
+            &format!("/connections/{id}"),
+            ADMIN_KEY,
+            &json!({"name": "renamed"}),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let (after, cache) = rdt_ok(
+        &app,
+        &id,
+        &worker,
+        &address_of("902-1", &["buyerInfo", "shippingAddress"]),
+    )
+    .await;
+    assert_eq!(cache, "connection-registry; fwd=miss");
+    assert_ne!(
+        after["restricted_data_token"],
+        first["restricted_data_token"]
+    );
+    assert_eq!(fake.rdt_calls(), 4);
+}
+
+/// Guards the edge checks (nothing reaches Amazon) and the mapping of Amazon's refusal.
+async fn bad_resources_are_refused_at_the_edge_or_by_amazon(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let resource = |method: &str, path: &str| json!({"method": method, "path": path});
+    let too_many: Vec<Value> = (0..51)
+        .map(|n| resource("GET", &format!("/orders/v0/orders/{n}")))
+        .collect();
+    let cases = [
+        json!({"restricted_resources": []}),
+        json!({"restricted_resources": too_many}),
+        json!({"restricted_resources": [resource("HEAD", "/orders/v0/orders/1")]}),
+        json!({"restricted_resources": [resource("GET", "orders/v0/orders/1")]}),
+        json!({"restricted_resources": [resource("GET", "//evil.example/steal")]}),
+        json!({"restricted_resources": [{"method": "GET", "path": "/o", "data_elements": ["email"]}]}),
+        json!({"restricted_resources": [{"method": "GET", "path": "/o", "verb": "x"}]}),
+        json!({"restricted_resources": "GET /orders"}),
+        json!({}),
+    ];
+    for body in cases {
+        let refused = problem(
+            rdt(&app, &id, ADMIN_KEY, &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(invalid_fields(&refused), ["restricted_resources"], "{body}");
+    }
+    let refused = problem(
+        rdt(
+            &app,
+            &id,
+            ADMIN_KEY,
+            &json!({"restricted_resources": [resource("GET", "/o")], "target_application": "x"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(invalid_fields(&refused), ["target_application"]);
+    assert_eq!(fake.rdt_calls(), 0, "nothing invalid reached Amazon");
+    assert_eq!(fake.calls(), 0, "nor LWA");
+
+    let refused = problem(
+        rdt(
+            &app,
+            &id,
+            ADMIN_KEY,
+            &address_of("forbidden-1", &["buyerInfo"]),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "spapi_invalid_input",
+    )
+    .await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Application does not have access to one or more requested data elements"),
+        "{refused}"
+    );
+    assert_eq!(fake.rdt_calls(), 1);
+}
