@@ -24,7 +24,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
-pub use grantless::GrantlessLease;
+pub use grantless::{GrantlessKey, GrantlessLease};
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
 pub use tokens::{Change, ChangeListener, TokenLease};
 

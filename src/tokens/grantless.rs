@@ -1,8 +1,11 @@
 //! Grantless tokens (`grant_type=client_credentials`): for the operations that act for an
 //! application rather than for a seller (notifications, client secret rotation). One
-//! token per application (client id) and scope serves every connection of the
-//! application: cached in memory by that key, stored sealed for the other replicas, and
-//! fetched by one fetch at a time across replicas, like a connection's token.
+//! token per application (client id), scope and client secret serves every connection of
+//! the application: cached in memory by that key, stored sealed for the other replicas,
+//! and fetched by one fetch at a time across replicas, like a connection's token. The
+//! secret is part of the key (as a fingerprint) so that a connection naming an
+//! application's client id with any other secret cannot be handed that application's
+//! token: it gets its own fetch, which LWA refuses.
 //!
 //! A request names a connection, whose row gives the application and its client secret,
 //! so each request reads that row: grantless tokens are for occasional management calls,
@@ -14,14 +17,11 @@ use std::sync::{Arc, Mutex};
 use super::fetch::{grant, open};
 use super::{Grant, Need, Served, TokenError, TokenService, count_served};
 use crate::amazon::lwa::LwaError;
-use crate::crypto::{Field, Sealed};
+use crate::crypto::Field;
 use crate::domain::{
-    AccessToken, ClientId, ClientSecret, ConnectionId, ConnectionStatus, GrantlessScope, now,
+    AccessToken, ClientSecret, ConnectionId, ConnectionStatus, GrantlessScope, now,
 };
-use crate::store::StoredToken;
-
-/// One application's token for one scope.
-pub(super) type GrantlessKey = (ClientId, GrantlessScope);
+use crate::store::{GrantlessKey, StoreError, StoredToken};
 
 /// The grantless tokens in memory.
 #[derive(Default)]
@@ -68,7 +68,13 @@ impl TokenService {
             fetched_since: force_refresh.then(|| now - self.inner.settings.force_refresh_min_age),
             ignore_status: false,
         };
-        let key: GrantlessKey = (row.connection.client_id.clone(), scope);
+        let secret =
+            ClientSecret::from_stored(open(self, id, Field::ClientSecret, &row.client_secret)?);
+        let key = GrantlessKey {
+            client_id: row.connection.client_id.clone(),
+            scope,
+            secret_fingerprint: fingerprint(&secret),
+        };
         let cached = self
             .inner
             .grantless
@@ -77,8 +83,7 @@ impl TokenService {
         let (token, served) = match cached {
             Some(token) => (token, Served::Memory),
             None => (
-                self.fetch_grantless(key, id, &row.client_secret, need)
-                    .await?,
+                self.fetch_grantless(key, secret, need).await?,
                 Served::Fetched,
             ),
         };
@@ -91,13 +96,13 @@ impl TokenService {
     async fn fetch_grantless(
         &self,
         key: GrantlessKey,
-        id: ConnectionId,
-        client_secret: &Sealed,
+        client_secret: ClientSecret,
         need: Need,
     ) -> Result<Arc<AccessToken>, TokenError> {
+        let client_secret = Arc::new(client_secret);
         for _ in 0..2 {
             let flight = self.inner.grantless_flights.join_or_start(key.clone(), || {
-                fetch(self.clone(), key.clone(), id, client_secret.clone(), need)
+                fetch(self.clone(), key.clone(), client_secret.clone(), need)
             });
             let token = flight.await?;
             if need.accepts_token(&token, now()) {
@@ -115,13 +120,16 @@ impl TokenService {
 async fn fetch(
     service: TokenService,
     key: GrantlessKey,
-    id: ConnectionId,
-    client_secret: Sealed,
+    client_secret: Arc<ClientSecret>,
     need: Need,
 ) -> Result<Arc<AccessToken>, TokenError> {
     let inner = &service.inner;
-    let (client_id, scope) = &key;
-    let owner = format!("grantless:{client_id}:{}", scope.as_str());
+    let (client_id, scope) = (&key.client_id, key.scope);
+    let owner = format!(
+        "grantless:{client_id}:{}:{}",
+        scope.as_str(),
+        key.secret_fingerprint
+    );
     let usable = |stored: &StoredToken| {
         need.accepts(stored.fetched_at, stored.expires_at, now())
             .then(|| {
@@ -132,24 +140,22 @@ async fn fetch(
                     .map_err(TokenError::Crypto)
             })
     };
-    let found = inner.store.grantless_token(client_id, *scope).await?;
+    let found = inner.store.grantless_token(&key).await?;
     if let Some(token) = found.as_ref().and_then(usable) {
         return cache(&service, key, token?);
     }
     let (lease, found) = inner
         .store
-        .lease_grantless(client_id, *scope, inner.lease, inner.settings.lease_wait)
+        .lease_grantless(&key, inner.lease, inner.settings.lease_wait)
         .await?;
     // Another replica may have fetched while we waited for the lease.
     if let Some(token) = found.as_ref().and_then(usable) {
         lease.release().await;
         return cache(&service, key, token?);
     }
-    let secret =
-        ClientSecret::from_stored(open(&service, id, Field::ClientSecret, &client_secret)?);
     match inner
         .lwa
-        .client_credentials(client_id, &secret, scope.as_str())
+        .client_credentials(client_id, &client_secret, scope.as_str())
         .await
     {
         Ok(lwa_grant) => {
@@ -161,7 +167,11 @@ async fn fetch(
                 fetched_at: token.fetched_at,
                 expires_at: token.expires_at,
             };
-            lease.write(&stored).await?;
+            match lease.write(&stored).await {
+                // The lease ran out and another fetch took it: this token is still good.
+                Ok(()) | Err(StoreError::Conflict) => {}
+                Err(err) => return Err(err.into()),
+            }
             tracing::info!(client_id = %client_id, scope = scope.as_str(), "fetched a grantless token from LWA");
             cache(&service, key, token)
         }
@@ -186,4 +196,13 @@ fn cache(
     let token = Arc::new(token);
     service.inner.grantless.store(key, token.clone());
     Ok(token)
+}
+
+/// Tells client secrets apart without keeping one: SHA-256 of the secret (high-entropy,
+/// so the hash gives nothing away), base64url.
+fn fingerprint(secret: &ClientSecret) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("connection-registry grantless:{}", secret.expose()));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
 }

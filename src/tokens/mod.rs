@@ -164,7 +164,7 @@ struct Inner {
     cache: Cache,
     flights: Flights<ConnectionId, Grant>,
     grantless: grantless::GrantlessCache,
-    grantless_flights: Flights<grantless::GrantlessKey, AccessToken>,
+    grantless_flights: Flights<crate::store::GrantlessKey, AccessToken>,
     spapi: SpApiClient,
     restricted: restricted::RestrictedCache,
     restricted_flights: Flights<restricted::RestrictedKey, RestrictedDataToken>,

@@ -79,6 +79,8 @@ pub(crate) struct FakeState {
     pub(crate) spapi: crate::fake_spapi::SpApiState,
     /// scope → grantless token requests.
     grantless_calls: Mutex<HashMap<String, usize>>,
+    /// Client secrets LWA refuses (`invalid_client`) for grantless tokens.
+    refused_secrets: Mutex<Vec<String>>,
 }
 
 /// Counts a request as being answered until dropped.
@@ -145,6 +147,16 @@ impl FakeLwa {
 
     pub fn set_expires_in(&self, seconds: u64) {
         self.state.expires_in.store(seconds, Ordering::SeqCst);
+    }
+
+    /// From now on, grantless requests with this client secret are refused as
+    /// `invalid_client` (a wrong secret for the client id).
+    pub fn refuse_client_secret(&self, secret: &str) {
+        self.state
+            .refused_secrets
+            .lock()
+            .unwrap()
+            .push(secret.to_owned());
     }
 
     /// Grantless token requests (`grant_type=client_credentials`) for `scope`.
@@ -259,6 +271,14 @@ fn grantless(state: &FakeState, params: &HashMap<String, String>) -> Response {
         .unwrap()
         .entry(scope.clone())
         .or_default() += 1;
+    let secret = params.get("client_secret").cloned().unwrap_or_default();
+    if state.refused_secrets.lock().unwrap().contains(&secret) {
+        return lwa_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        );
+    }
     match state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) {
         LwaMode::InvalidClient => {
             return lwa_error(

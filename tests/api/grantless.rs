@@ -15,7 +15,10 @@ use crate::helpers::{
 use crate::tokens::{connection, token};
 use crate::{both_backends, single};
 
-both_backends!(grantless_tokens_are_per_application_and_scope_and_survive_a_restart);
+both_backends!(
+    grantless_tokens_are_per_application_and_scope_and_survive_a_restart,
+    another_secret_for_the_application_is_not_handed_its_token,
+);
 single!(
     replicas_share_one_grantless_exchange,
     refused_client_credentials_stop_grantless_tokens,
@@ -41,7 +44,13 @@ async fn grantless_tokens_are_per_application_and_scope_and_survive_a_restart(ba
     let fake = FakeLwa::start().await;
     let app = spawn_with_lwa(backend, &fake).await;
     let first = connection(&app, 1).await;
-    let second = connection(&app, 2).await;
+    // Another connection of the same application: same client id, same secret.
+    let mut sibling = connection_body(2);
+    sibling["client_secret"] = json!(crate::helpers::client_secret(1));
+    let second = app.create_connection(&sibling).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut other_app = connection_body(3);
     other_app["client_id"] = json!("amzn1.application-oa2-client.fedcba9876543210fedcba9876543210");
     let third = app.create_connection(&other_app).await["id"]
@@ -159,4 +168,39 @@ async fn refused_client_credentials_stop_grantless_tokens() {
         "the refusal was not cached"
     );
     assert_eq!(fake.grantless_calls(NOTIFICATIONS), 2);
+}
+
+/// Guards the secret's fingerprint in the grantless key: a connection naming an
+/// application's client id with another secret was handed that application's token from
+/// memory (or from the stored row), never asking LWA.
+async fn another_secret_for_the_application_is_not_handed_its_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_lwa(backend, &fake).await;
+    let owner = connection(&app, 1).await;
+    let (shared, _) = grantless(&app, &owner, NOTIFICATIONS).await;
+
+    let mut impostor = connection_body(2);
+    let wrong_secret = crate::helpers::client_secret(99);
+    impostor["client_secret"] = json!(wrong_secret);
+    fake.refuse_client_secret(&wrong_secret);
+    let impostor = app.create_connection(&impostor).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = token(&app, &impostor, &format!("?scope={NOTIFICATIONS}")).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let body = refused.text().await.unwrap();
+    assert!(
+        !body.contains(shared["access_token"].as_str().unwrap()),
+        "{body}"
+    );
+    assert_eq!(
+        fake.grantless_calls(NOTIFICATIONS),
+        2,
+        "its own fetch, refused by LWA"
+    );
+    // The application's own connections still share theirs.
+    let (again, cache) = grantless(&app, &owner, NOTIFICATIONS).await;
+    assert_eq!(cache, "connection-registry; hit");
+    assert_eq!(again["access_token"], shared["access_token"]);
 }
