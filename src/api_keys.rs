@@ -53,6 +53,9 @@ pub struct ApiKeys {
     /// Keys the database did not know, and when it said so.
     unknown: Arc<Mutex<HashMap<ApiKeyHash, Instant>>>,
     lookups: Arc<Mutex<LookupBudget>>,
+    /// Keys created by this replica, and when by its own clock: kept through a reload
+    /// whose query may predate them.
+    created_here: Arc<Mutex<HashMap<ApiKeyHash, (ApiKey, Instant)>>>,
 }
 
 /// A token bucket: `LOOKUPS_PER_SECOND` a second, at most that many at once.
@@ -105,6 +108,7 @@ impl ApiKeys {
             active: Arc::default(),
             unknown: Arc::default(),
             lookups: Arc::new(Mutex::new(LookupBudget::new())),
+            created_here: Arc::default(),
         }
     }
 
@@ -149,8 +153,9 @@ impl ApiKeys {
     /// Replaces the in-memory keys with the database's; called every `RELOAD_INTERVAL`.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let loaded: HashMap<_, _> = self.store.active_api_keys().await?.into_iter().collect();
-        let mut active = self.write();
-        *active = merged(loaded, &active, crate::domain::now());
+        let mut created_here = self.created_here();
+        created_here.retain(|_, (_, at)| at.elapsed() < RELOAD_INTERVAL);
+        *self.write() = merged(loaded, &created_here);
         Ok(())
     }
 
@@ -174,6 +179,8 @@ impl ApiKeys {
         let token = ApiKeyToken::generate();
         let key = describe(&token, name, scopes);
         self.store.insert_api_key(&key, token.hash()).await?;
+        self.created_here()
+            .insert(token.hash(), (key.clone(), Instant::now()));
         self.write().insert(token.hash(), key.clone());
         Ok(CreatedApiKey { key, token })
     }
@@ -202,8 +209,15 @@ impl ApiKeys {
     /// Revokes in the database, and at once in this replica's memory.
     pub async fn revoke(&self, id: ApiKeyId) -> Result<(), ApiKeyError> {
         self.store.revoke_api_key(id).await?;
+        self.created_here().retain(|_, (key, _)| key.id != id);
         self.write().retain(|_, key| key.id != id);
         Ok(())
+    }
+
+    fn created_here(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyHash, (ApiKey, Instant)>> {
+        self.created_here
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn unknown(&self) -> std::sync::MutexGuard<'_, HashMap<ApiKeyHash, Instant>> {
@@ -225,21 +239,18 @@ impl ApiKeys {
     }
 }
 
-/// The database's keys, plus the keys created here so recently that the reload's query
-/// may have missed them (else such a key would need a database lookup until the next
-/// reload, and fail while the database is down). A key revoked on another replica within
-/// that time works one interval longer: at most twice the interval in all.
+/// The database's keys, plus the keys this replica created within the last reload
+/// interval (by its own clock), which the reload's query may have missed: else such a
+/// key would need a database lookup until the next reload, and fail while the database
+/// is down. A key revoked on another replica in that window works one interval longer:
+/// at most twice the interval in all.
 fn merged(
     loaded: HashMap<ApiKeyHash, ApiKey>,
-    current: &HashMap<ApiKeyHash, ApiKey>,
-    now: chrono::DateTime<chrono::Utc>,
+    created_here: &HashMap<ApiKeyHash, (ApiKey, Instant)>,
 ) -> HashMap<ApiKeyHash, ApiKey> {
-    let recent = now - chrono::TimeDelta::from_std(RELOAD_INTERVAL).expect("a short interval");
     let mut keys = loaded;
-    for (hash, key) in current {
-        if key.created_at > recent && !keys.contains_key(hash) {
-            keys.insert(*hash, key.clone());
-        }
+    for (hash, (key, _)) in created_here {
+        keys.entry(*hash).or_insert_with(|| key.clone());
     }
     keys
 }
@@ -258,14 +269,13 @@ fn describe(token: &ApiKeyToken, name: ApiKeyName, scopes: Vec<Scope>) -> ApiKey
 mod tests {
     use super::*;
 
-    fn key(created_secs_ago: i64) -> (ApiKeyHash, ApiKey) {
+    fn key() -> (ApiKeyHash, ApiKey) {
         let token = ApiKeyToken::generate();
-        let mut key = describe(
+        let key = describe(
             &token,
             ApiKeyName::parse("test").unwrap(),
             vec![Scope::TokensRead],
         );
-        key.created_at = crate::domain::now() - chrono::TimeDelta::seconds(created_secs_ago);
         (token.hash(), key)
     }
 
@@ -273,25 +283,18 @@ mod tests {
     /// memory: with the database then down, the key was refused (503) until it was back.
     #[test]
     fn a_reload_keeps_keys_created_while_it_ran() {
-        let (in_db, in_db_key) = key(60);
-        let (just_made, just_made_key) = key(0);
-        let (revoked_elsewhere, revoked_key) = key(60);
-        let loaded = HashMap::from([(in_db, in_db_key.clone())]);
-        let current = HashMap::from([
-            (in_db, in_db_key),
-            (just_made, just_made_key),
-            (revoked_elsewhere, revoked_key),
-        ]);
-        let merged = merged(loaded, &current, crate::domain::now());
+        let (in_db, in_db_key) = key();
+        let (just_made, just_made_key) = key();
+        let (gone, _) = key();
+        let loaded = HashMap::from([(in_db, in_db_key)]);
+        let created_here = HashMap::from([(just_made, (just_made_key, Instant::now()))]);
+        let merged = merged(loaded, &created_here);
         assert!(merged.contains_key(&in_db));
         assert!(
             merged.contains_key(&just_made),
             "too new for the reload's query"
         );
-        assert!(
-            !merged.contains_key(&revoked_elsewhere),
-            "gone from the database"
-        );
+        assert!(!merged.contains_key(&gone), "neither loaded nor made here");
         assert_eq!(merged.len(), 2);
     }
 }

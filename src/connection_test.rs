@@ -106,9 +106,15 @@ impl ConnectionTester {
             .await
             .map_err(TestError::Token)?;
         let started = Instant::now();
+        let mut tested = grant.token.fetched_at;
         let mut outcome = self.call(connection.account_type, &grant).await;
         if let Err(SpApiError::AccessTokenRejected(_)) = outcome.1 {
-            let fresh = self.tokens.refetch(id).await.map_err(TestError::Token)?;
+            let fresh = self
+                .tokens
+                .refetch(id, &grant.token)
+                .await
+                .map_err(TestError::Token)?;
+            tested = fresh.token.fetched_at;
             outcome = self.call(connection.account_type, &fresh).await;
         }
         let latency_ms = started.elapsed().as_millis() as u64;
@@ -123,7 +129,7 @@ impl ConnectionTester {
                     .collect();
                 let is_seller = connection.account_type == AccountType::Seller;
                 self.connections
-                    .record(id, |c| {
+                    .record(id, tested, |c| {
                         if is_seller {
                             c.marketplace_ids = participating.clone();
                         }
@@ -154,7 +160,7 @@ impl ConnectionTester {
                     }
                 );
                 self.connections
-                    .record(id, |c| {
+                    .record(id, tested, |c| {
                         if expired {
                             c.status = ConnectionStatus::ClientSecretExpired;
                         }

@@ -196,14 +196,21 @@ impl Connections {
         self.modify(id, |row| self.apply(row, &patch)).await
     }
 
-    /// Records what a test of the connection found (`connection_test.rs` decides what).
+    /// Records what a test of the connection found (`connection_test.rs` decides what),
+    /// if the token tested with (fetched at `token_fetched_at`) is still the connection's:
+    /// new credentials or a refusal since then drop it, and the finding would concern
+    /// credentials that are no longer the connection's.
     pub async fn record(
         &self,
         id: ConnectionId,
+        token_fetched_at: chrono::DateTime<chrono::Utc>,
         change: impl Fn(&mut Connection),
     ) -> Result<Connection, ConnectionError> {
         self.modify(id, |row| {
-            change(&mut row.connection);
+            let same_token = row.access_token.as_ref().map(|token| token.fetched_at);
+            if same_token == Some(token_fetched_at) {
+                change(&mut row.connection);
+            }
             Ok(())
         })
         .await

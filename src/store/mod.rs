@@ -26,7 +26,7 @@ use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use grantless::{GrantlessKey, GrantlessLease};
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
-pub use tokens::{Change, ChangeListener, TokenLease};
+pub use tokens::{Change, ChangeListener, TokenFacts, TokenLease};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -125,24 +125,44 @@ impl Store {
         }
     }
 
-    /// The current versions of those of `ids` that still exist (Postgres only; empty on
-    /// SQLite, where no other process changes rows behind this one's back).
-    pub async fn connection_versions(
+    /// What a handed-out token reflects of those of `ids` that still exist (Postgres
+    /// only; empty on SQLite, where no other process changes rows behind this one's
+    /// back).
+    pub async fn token_facts(
         &self,
         ids: &[ConnectionId],
-    ) -> Result<Vec<(ConnectionId, i64)>, StoreError> {
+    ) -> Result<Vec<(ConnectionId, TokenFacts)>, StoreError> {
         let Pool::Postgres(pool) = &self.pool else {
             return Ok(Vec::new());
         };
         let uuids: Vec<uuid::Uuid> = ids.iter().map(ConnectionId::as_uuid).collect();
-        let rows: Vec<(uuid::Uuid, i64)> =
-            sqlx::query_as("SELECT id, version FROM connections WHERE id = ANY($1)")
-                .bind(uuids)
-                .fetch_all(pool)
-                .await?;
+        type Columns = (
+            uuid::Uuid,
+            String,
+            Option<chrono::DateTime<chrono::Utc>>,
+            String,
+            sqlx::types::Json<Vec<String>>,
+        );
+        let rows: Vec<Columns> = sqlx::query_as(
+            "SELECT id, status, access_token_fetched_at, merchant_token, marketplace_ids \
+             FROM connections WHERE id = ANY($1)",
+        )
+        .bind(uuids)
+        .fetch_all(pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, version)| (ConnectionId::from(id), version))
+            .map(
+                |(id, status, fetched_at, merchant_token, marketplace_ids)| {
+                    let facts = TokenFacts {
+                        status,
+                        token_fetched_at: fetched_at,
+                        merchant_token,
+                        marketplace_ids: marketplace_ids.0,
+                    };
+                    (ConnectionId::from(id), facts)
+                },
+            )
             .collect())
     }
 }
@@ -248,6 +268,16 @@ impl Drop for TokenLease {
     }
 }
 
+/// The columns of a connection that a handed-out token reflects: if any differs from the
+/// cached grant, the grant is out of date. (A write of `last_error` alone changes none.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub status: String,
+    pub token_fetched_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub merchant_token: String,
+    pub marketplace_ids: Vec<String>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
     Connection(ConnectionId),
@@ -332,6 +362,9 @@ impl ChangeListener {
             .connect_lazy_with((*self.pool.connect_options()).clone());
         tokio::time::timeout(self.heartbeat.max(Duration::from_secs(1)), async {
             let mut listener = PgListener::connect_with(&own).await?;
+            // A lost link must come back through `next`, which reports `MaybeMissed`, not
+            // be mended quietly inside `try_recv` or the heartbeat's query.
+            listener.eager_reconnect(false);
             listener.listen(CHANGES_CHANNEL).await?;
             Ok(listener)
         })

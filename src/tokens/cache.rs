@@ -131,7 +131,6 @@ mod tests {
             merchant_token: MerchantToken::parse("A1EXAMPLESELLER").unwrap(),
             marketplace_ids: Vec::new(),
             endpoint: SpApiHosts::default().endpoint(Region::Eu, Environment::Production),
-            version: 1,
             last_used: AtomicI64::new(last_used),
         })
     }

@@ -87,7 +87,9 @@ async fn fetch(
         .lwa
         .refresh(&row.connection.client_id, &client_secret, &refresh_token)
         .await;
+    let sent_refresh_token = row.refresh_token.clone();
     let outcome = record_exchange(service, &mut row, &refresh_token, exchanged, need, now);
+    let rotated = row.refresh_token != sent_refresh_token;
     let refused = matches!(outcome, Err(TokenError::Rejected(_)));
     // A refusal is announced: every replica drops its token for this connection when the
     // write commits.
@@ -97,7 +99,19 @@ async fn fetch(
             tracing::info!(connection_id = %id, "fetched an access token from LWA");
             Ok(grant(service, &row, token, now))
         }
-        (Ok(_), Err(err)) => Err(err.into()),
+        (Ok(_), Err(err)) => {
+            if rotated {
+                // LWA has never been seen to rotate; should it, and the write lose a race,
+                // the new refresh token is lost and the old one may no longer work.
+                tracing::error!(connection_id = %id, error = %err, "could not store a refresh token LWA rotated");
+            }
+            Err(err.into())
+        }
+        // Refused, but the connection changed meanwhile (new credentials, say): the refusal
+        // concerned the old ones and was not recorded. Start over from the new row.
+        (Err(TokenError::Rejected(_)), Err(StoreError::Conflict)) => {
+            Err(StoreError::Conflict.into())
+        }
         (Err(err), noted) => {
             if let Err(store_err) = noted {
                 tracing::debug!(connection_id = %id, error = %store_err, "could not record the LWA failure");
@@ -240,7 +254,6 @@ pub(super) fn grant(
         merchant_token: c.merchant_token.clone(),
         marketplace_ids: c.marketplace_ids.clone(),
         endpoint: service.inner.hosts.endpoint(c.region, c.environment),
-        version: row.version,
         last_used: AtomicI64::new(now.timestamp_millis()),
     })
 }

@@ -96,6 +96,11 @@ where
     pub fn detach(&self, id: &K) {
         self.lock().remove(id);
     }
+
+    /// `detach` for every key `which` picks.
+    pub fn detach_where(&self, which: impl Fn(&K) -> bool) {
+        self.lock().retain(|key, _| !which(key));
+    }
 }
 
 /// Removes a finished fetch from `Flights`, even if it panicked.

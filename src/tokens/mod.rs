@@ -93,14 +93,21 @@ pub struct Grant {
     pub merchant_token: MerchantToken,
     pub marketplace_ids: Vec<String>,
     pub endpoint: SpApiEndpoint,
-    /// The connection row's version this grant was read from or written with.
-    version: i64,
     /// Unix milliseconds of the last request for it; idle grants are neither refreshed
     /// nor kept.
     last_used: AtomicI64,
 }
 
 impl Grant {
+    /// Whether the row's current facts are what this grant hands out.
+    fn reflects(&self, facts: &crate::store::TokenFacts) -> bool {
+        let usable = ConnectionStatus::parse(&facts.status).is_ok_and(|s| !s.is_refused());
+        usable
+            && facts.token_fetched_at == Some(self.token.fetched_at)
+            && facts.merchant_token == self.merchant_token.as_str()
+            && facts.marketplace_ids == self.marketplace_ids
+    }
+
     fn touch(&self, at: DateTime<Utc>) {
         self.last_used
             .store(at.timestamp_millis(), Ordering::Relaxed);
@@ -275,25 +282,32 @@ impl TokenService {
         self.fetch_shared(id, need).await
     }
 
-    /// A token fetched from LWA now, replacing the cached one: for a caller SP-API has
-    /// just refused that one.
-    pub async fn refetch(&self, id: ConnectionId) -> Result<Arc<Grant>, TokenError> {
+    /// A token fetched after `refused`, which SP-API has just refused: from LWA unless
+    /// another fetch brings a newer one. Many callers refused the same token share one
+    /// exchange.
+    pub async fn refetch(
+        &self,
+        id: ConnectionId,
+        refused: &AccessToken,
+    ) -> Result<Arc<Grant>, TokenError> {
         let need = Need {
             min_remaining_secs: 0,
-            fetched_since: Some(now()),
+            fetched_since: Some(refused.fetched_at + TimeDelta::microseconds(1)),
             ignore_status: false,
         };
-        // A fetch begun before now may bring back the refused token.
-        self.inner.flights.detach(&id);
         self.fetch_shared(id, need).await
     }
 
     /// Drops this connection's token from this process, and stops fetches under way from
     /// caching theirs. (The store tells the other replicas when the change commits.)
     pub fn invalidate(&self, id: ConnectionId) {
+        // The stamp first: an RDT fetch checks it under the RDT cache's lock, taken next.
         self.inner.cache.invalidate(id);
         self.inner.restricted.invalidate(id);
         self.inner.flights.detach(&id);
+        self.inner
+            .restricted_flights
+            .detach_where(|(of, _)| *of == id);
     }
 
     /// Joins or starts the fetch for `id`. A joined fetch may have served a weaker need

@@ -30,6 +30,7 @@ impl TokenService {
         let grants = cache.snapshot();
         metrics::gauge!("registry_cached_tokens").set(grants.len() as f64);
         cache.prune(now - LONGEST_FETCH);
+        self.inner.restricted.prune(now);
         for (id, grant) in grants {
             if grant.last_used.load(Ordering::Relaxed) < idle_since {
                 cache.remove(id);
@@ -88,6 +89,7 @@ impl TokenService {
                     tracing::info!("change notifications resumed; re-reading cached connections");
                     self.inner.cache.invalidate_all();
                     self.inner.restricted.invalidate_all();
+                    self.inner.restricted_flights.detach_where(|_| true);
                 }
             }
         }
@@ -97,8 +99,11 @@ impl TokenService {
 impl TokenService {
     /// Bounds how long a change can go unseen when its notification is lost: every
     /// `version_check_interval`, one query per few thousand cached connections compares
-    /// their versions with the database's, and drops what changed or is gone. While the
-    /// database cannot be reached, nothing is dropped: cached tokens keep being served.
+    /// what each grant reflects (status, token, merchant, marketplaces) with the
+    /// database's, and drops what changed or is gone. A failed refresh that only noted
+    /// `last_error` changes none of that, so an LWA outage does not empty the cache that
+    /// is meant to carry workers through it. While the database cannot be reached,
+    /// nothing is dropped.
     pub async fn recheck_versions_periodically(self) {
         if self.inner.store.backend() == Backend::Sqlite {
             return;
@@ -119,7 +124,7 @@ impl TokenService {
         let cached = self.inner.cache.snapshot();
         for chunk in cached.chunks(CHUNK) {
             let ids: Vec<_> = chunk.iter().map(|(id, _)| *id).collect();
-            let current: HashMap<_, _> = match self.inner.store.connection_versions(&ids).await {
+            let current: HashMap<_, _> = match self.inner.store.token_facts(&ids).await {
                 Ok(versions) => versions.into_iter().collect(),
                 Err(err) => {
                     tracing::debug!(error = %err, "cannot re-check cached versions");
@@ -127,9 +132,7 @@ impl TokenService {
                 }
             };
             for (id, grant) in chunk {
-                let stale = current
-                    .get(id)
-                    .is_none_or(|version| *version > grant.version);
+                let stale = current.get(id).is_none_or(|facts| !grant.reflects(facts));
                 if stale {
                     tracing::info!(connection_id = %id, "a change was missed by notification; dropping the cached token");
                     self.invalidate(*id);

@@ -17,6 +17,9 @@ use crate::domain::{ConnectionId, RestrictedDataRequest, now};
 
 /// An RDT is not handed out with less than this left.
 const MIN_LIFE: TimeDelta = TimeDelta::seconds(60);
+/// Most RDTs kept in memory; a request per order would otherwise grow the cache without
+/// end (expired ones also go at each refresher tick).
+const MAX_CACHED: usize = 10_000;
 
 pub(super) type RestrictedKey = (ConnectionId, RestrictedDataRequest);
 
@@ -53,6 +56,12 @@ impl RestrictedCache {
 
     pub(super) fn invalidate_all(&self) {
         self.lock().clear();
+    }
+
+    /// Drops the RDTs too short-lived to hand out.
+    pub(super) fn prune(&self, now: DateTime<Utc>) {
+        self.lock()
+            .retain(|_, token| token.expires_at - now >= MIN_LIFE);
     }
 }
 
@@ -101,7 +110,7 @@ async fn fetch(
         .create_restricted_data_token(&grant.endpoint, &grant.token, request)
         .await;
     if let Err(SpApiError::AccessTokenRejected(_)) = minted {
-        let fresh = service.refetch(*id).await?;
+        let fresh = service.refetch(*id, &grant.token).await?;
         minted = spapi
             .create_restricted_data_token(&fresh.endpoint, &fresh.token, request)
             .await;
@@ -111,8 +120,18 @@ async fn fetch(
         token,
         expires_at: sent_at + TimeDelta::from_std(lives).unwrap_or(TimeDelta::zero()),
     });
+    // Under the RDT cache's lock: `invalidate` changes the stamp before it takes it.
+    let mut cached = service.inner.restricted.lock();
     if service.inner.cache.stamp(*id) == generation {
-        service.inner.restricted.lock().insert(key, token.clone());
+        if cached.len() >= MAX_CACHED {
+            let now = now();
+            cached.retain(|_, token| token.expires_at - now >= MIN_LIFE);
+            if cached.len() >= MAX_CACHED {
+                cached.clear();
+            }
+        }
+        cached.insert(key, token.clone());
     }
+    drop(cached);
     Ok(token)
 }

@@ -24,7 +24,7 @@ pub struct TokenSettings {
     /// before answering `token_fetch_in_progress`; below the request time limit, so the
     /// caller hears why.
     pub lease_wait: Duration,
-    /// How often each replica compares the versions of the connections it has cached
+    /// How often each replica compares what its cached tokens reflect of their connections
     /// with the database's (Postgres), so a change whose notification was lost is seen
     /// within about this long.
     pub version_check_interval: Duration,

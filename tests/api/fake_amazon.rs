@@ -81,6 +81,8 @@ pub(crate) struct FakeState {
     grantless_calls: Mutex<HashMap<String, usize>>,
     /// Client secrets LWA refuses (`invalid_client`) for grantless tokens.
     refused_secrets: Mutex<Vec<String>>,
+    /// Refresh tokens LWA refuses (`invalid_grant`), whatever the mode.
+    refused_refresh_tokens: Mutex<Vec<String>>,
 }
 
 /// Counts a request as being answered until dropped.
@@ -217,6 +219,15 @@ impl FakeLwa {
             .get(client_secret)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// From now on, this refresh token is refused with `invalid_grant`.
+    pub fn refuse_refresh_token(&self, token: &str) {
+        self.state
+            .refused_refresh_tokens
+            .lock()
+            .unwrap()
+            .push(token.to_owned());
     }
 
     /// From now on, successful answers carry this refresh token instead of echoing the
@@ -376,7 +387,15 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
             "The request is missing a required parameter",
         );
     }
-    let mode = state.mode.lock().unwrap().unwrap_or(LwaMode::Issue);
+    let refused = state
+        .refused_refresh_tokens
+        .lock()
+        .unwrap()
+        .contains(&refresh_token);
+    let mode = match state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) {
+        _ if refused => LwaMode::InvalidGrant,
+        mode => mode,
+    };
     match mode {
         LwaMode::Issue | LwaMode::IssueWithStringExpiry => {
             let n = state.issued.fetch_add(1, Ordering::SeqCst);

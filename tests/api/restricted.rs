@@ -12,6 +12,7 @@ use crate::tokens::connection;
 both_backends!(
     identical_requests_share_one_restricted_data_token,
     bad_resources_are_refused_at_the_edge_or_by_amazon,
+    many_requests_refused_one_token_cost_one_fresh_token,
 );
 
 fn address_of(order: &str, elements: &[&str]) -> Value {
@@ -207,4 +208,30 @@ async fn bad_resources_are_refused_at_the_edge_or_by_amazon(backend: Backend) {
         "{refused}"
     );
     assert_eq!(fake.rdt_calls(), 1);
+}
+
+/// Guards `TokenService::refetch` sharing: each caller whose RDT call SP-API refused
+/// (expired access token) started an LWA exchange of its own.
+async fn many_requests_refused_one_token_cost_one_fresh_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let (first, _) = crate::tokens::token_ok(&app, &id, "").await;
+    fake.revoke_access_token(first["access_token"].as_str().unwrap());
+    let lwa_calls = fake.calls();
+    let asks: Vec<_> = (0..10)
+        .map(|n| {
+            tokio::spawn(
+                app.client
+                    .post(app.url(&format!("/connections/{id}/restricted-data-token")))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&address_of(&format!("903-{n}"), &[]))
+                    .send(),
+            )
+        })
+        .collect();
+    for ask in asks {
+        assert_eq!(ask.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(fake.calls(), lwa_calls + 1, "one fresh token for all ten");
 }

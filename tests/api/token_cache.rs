@@ -19,6 +19,7 @@ use crate::{both_backends, single};
 both_backends!(
     a_token_inside_the_refresh_window_is_refreshed_once,
     a_patch_during_a_fetch_is_retried_from_the_new_credentials,
+    a_refusal_of_credentials_replaced_meanwhile_is_not_the_answer,
     two_patches_during_a_fetch_are_a_concurrent_update,
     a_refresh_token_rotated_by_lwa_is_used_from_then_on,
 );
@@ -447,4 +448,34 @@ async fn a_replica_whose_database_link_stalls_stops_serving_a_deleted_connection
     // pool's stalled connections (up to a second each here). Before, it never ended.
     let (took, seen) = until_not_found(&b, &id, Duration::from_secs(20)).await;
     assert!(took < Duration::from_secs(12), "{took:?}: {seen:?}");
+}
+
+/// Guards the conflict arm for a refusal in `fetch`: LWA refused the old refresh token
+/// while a PATCH stored a new one; the refusal (not recorded: the write lost to the
+/// PATCH) was still the answer, a 409 telling workers to stop for a connection just
+/// fixed. Now the fetch starts over from the new credentials.
+async fn a_refusal_of_credentials_replaced_meanwhile_is_not_the_answer(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(600));
+    fake.refuse_refresh_token(&refresh_token(1));
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let in_flight = token_in_background(&app, &id);
+    fake.wait_for_calls(1).await;
+    patch_ok(&app, &id, json!({"refresh_token": refresh_token(2)})).await;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    assert_eq!(
+        fake.calls_for(&refresh_token(2)),
+        1,
+        "fetched with the new one"
+    );
+    let stored: Value = app.get_json(&format!("/connections/{id}")).await;
+    assert_eq!(stored["status"], "active");
 }

@@ -22,6 +22,7 @@ both_backends!(
     a_token_from_before_a_credentials_change_is_never_served_stale,
 );
 single!(
+    a_failed_refresh_does_not_empty_the_cache_through_the_version_check,
     a_refusal_on_one_replica_stops_the_others_at_once,
     a_token_inside_min_ttl_is_served_stale_while_the_database_is_down,
     a_slow_exchange_on_another_replica_is_token_fetch_in_progress,
@@ -301,4 +302,27 @@ async fn a_token_from_before_a_credentials_change_is_never_served_stale(backend:
             .to_string()
             .contains(old["access_token"].as_str().unwrap())
     );
+}
+
+/// Guards what the version check compares (`Grant::reflects`): it compared row versions,
+/// and a failed refresh bumps the version to note `last_error`, so during an LWA outage
+/// every replica dropped the cached tokens it was supposed to keep serving.
+async fn a_failed_refresh_does_not_empty_the_cache_through_the_version_check() {
+    let fake = FakeLwa::start().await;
+    let app = spawn_tuned(Backend::Postgres, &fake, |config| {
+        no_force_refresh_age(config);
+        config.tokens.version_check_interval = Duration::from_millis(200);
+    })
+    .await;
+    let (lasting, cached, _) = lasting_and_expiring_tokens(&app, &fake).await;
+    fake.set_mode(LwaMode::ServerError);
+    // A fetch that fails and notes it in the row (a new version).
+    assert_stale(token(&app, &lasting, "?min_ttl=600").await, &cached, 120).await;
+    assert_eq!(
+        read(&app, &lasting).await["last_error"]["code"],
+        "lwa_unavailable"
+    );
+    // Several checks later, the cached token is still there to serve.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_stale(token(&app, &lasting, "?min_ttl=600").await, &cached, 120).await;
 }
