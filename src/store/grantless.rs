@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::tokens::claim_within;
+use super::tokens::{Held, claim_within};
 use super::{Pool, Store, StoreError, StoredToken, pool_error};
 use crate::crypto::Sealed;
 use crate::domain::{ClientId, GrantlessScope};
@@ -50,12 +50,6 @@ const CLAIM: &str = "INSERT INTO grantless_tokens \
 pub struct GrantlessLease {
     key: GrantlessKey,
     held: Held,
-}
-
-enum Held {
-    Lease { pool: PgPool, holder: Uuid },
-    Nothing(sqlx::SqlitePool),
-    GivenUp,
 }
 
 impl Store {

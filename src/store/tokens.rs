@@ -47,7 +47,8 @@ pub struct TokenLease {
     held: Held,
 }
 
-enum Held {
+/// What a lease holds (shared by connection and grantless leases).
+pub(super) enum Held {
     /// Postgres: the lease in the row, under this holder id, until written or released.
     Lease { pool: PgPool, holder: Uuid },
     /// SQLite: nothing to hold; the pool to write with.
