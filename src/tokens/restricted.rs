@@ -135,3 +135,51 @@ async fn fetch(
     drop(cached);
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{HttpMethod, ResourcePath, RestrictedResource};
+
+    fn key(id: ConnectionId, order: u32) -> RestrictedKey {
+        let request = RestrictedDataRequest {
+            restricted_resources: vec![RestrictedResource {
+                method: HttpMethod::Get,
+                path: ResourcePath::parse(&format!("/orders/v0/orders/{order}/address")).unwrap(),
+                data_elements: Vec::new(),
+            }],
+            target_application: None,
+        };
+        (id, request)
+    }
+
+    fn token(lives: TimeDelta) -> Arc<RestrictedDataToken> {
+        Arc::new(RestrictedDataToken {
+            token: SecretString::from("Atz.sprdt|t"),
+            expires_at: now() + lives,
+        })
+    }
+
+    /// Guards `prune` and `invalidate`: a request per order would otherwise keep every RDT
+    /// (a live secret) in memory for good.
+    #[test]
+    fn expired_and_changed_connections_rdts_are_dropped() {
+        let cache = RestrictedCache::default();
+        let (a, b) = (ConnectionId::generate(), ConnectionId::generate());
+        cache.lock().insert(key(a, 1), token(TimeDelta::hours(1)));
+        cache
+            .lock()
+            .insert(key(a, 2), token(TimeDelta::seconds(30)));
+        cache.lock().insert(key(b, 3), token(TimeDelta::hours(1)));
+        cache.prune(now());
+        assert_eq!(cache.lock().len(), 2, "less than a minute left: dropped");
+        assert!(!cache.lock().contains_key(&key(a, 2)));
+        cache.invalidate(a);
+        assert_eq!(
+            cache.lock().keys().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [b]
+        );
+        cache.invalidate_all();
+        assert!(cache.lock().is_empty());
+    }
+}
