@@ -125,7 +125,7 @@ impl Application {
             tokio::spawn(self.state.api_keys.clone().reload_periodically()),
             tokio::spawn(self.state.tokens.clone().refresh_ahead_periodically()),
             tokio::spawn(self.state.tokens.clone().follow_changes(changes)),
-            tokio::spawn(self.state.tokens.clone().recheck_versions_periodically()),
+            tokio::spawn(self.state.tokens.clone().recheck_cached_periodically()),
         ];
         let store = self.state.store.clone();
         tracing::info!(address = %self.local_addr(), "listening");

@@ -146,19 +146,14 @@ impl ConnectionTester {
                 })
             }
             Err(error) => {
+                let expired = error == SpApiError::ClientSecretExpired;
+                let code = error.code();
                 let failure = TestError::SpApi { call, error };
                 let last_error = LastError {
-                    code: failure_code(&failure).to_owned(),
+                    code: code.to_owned(),
                     message: failure.to_string(),
                     at,
                 };
-                let expired = matches!(
-                    failure,
-                    TestError::SpApi {
-                        error: SpApiError::ClientSecretExpired,
-                        ..
-                    }
-                );
                 self.connections
                     .record(id, tested, |c| {
                         if expired {
@@ -193,14 +188,6 @@ impl ConnectionTester {
                     .map(|()| Vec::new()),
             ),
         }
-    }
-}
-
-fn failure_code(failure: &TestError) -> &'static str {
-    match failure {
-        TestError::SpApi { error, .. } => error.code(),
-        TestError::Token(err) => err.code(),
-        TestError::Connection(_) => "internal",
     }
 }
 

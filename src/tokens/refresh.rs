@@ -98,28 +98,28 @@ impl TokenService {
 
 impl TokenService {
     /// Bounds how long a change can go unseen when its notification is lost: every
-    /// `version_check_interval`, one query per few thousand cached connections compares
+    /// `recheck_interval`, one query per few thousand cached connections compares
     /// what each grant reflects (status, token, merchant, marketplaces) with the
     /// database's, and drops what changed or is gone. A failed refresh that only noted
     /// `last_error` changes none of that, so an LWA outage does not empty the cache that
     /// is meant to carry workers through it. While the database cannot be reached,
     /// nothing is dropped.
-    pub async fn recheck_versions_periodically(self) {
+    pub async fn recheck_cached_periodically(self) {
         if self.inner.store.backend() == Backend::Sqlite {
             return;
         }
-        let every = self.inner.settings.version_check_interval;
+        let every = self.inner.settings.recheck_interval;
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            if let Err(err) = tokio::time::timeout(every, self.recheck_versions()).await {
+            if let Err(err) = tokio::time::timeout(every, self.recheck_cached()).await {
                 tracing::debug!(error = %err, "version re-check timed out");
             }
         }
     }
 
-    async fn recheck_versions(&self) {
+    async fn recheck_cached(&self) {
         const CHUNK: usize = 5_000;
         let cached = self.inner.cache.snapshot();
         for chunk in cached.chunks(CHUNK) {

@@ -27,7 +27,7 @@ pub struct TokenSettings {
     /// How often each replica compares what its cached tokens reflect of their connections
     /// with the database's (Postgres), so a change whose notification was lost is seen
     /// within about this long.
-    pub version_check_interval: Duration,
+    pub recheck_interval: Duration,
     /// After this long without a notification, the change listener checks its link
     /// (and gives it as long to answer).
     pub listener_heartbeat: Duration,
@@ -52,7 +52,7 @@ impl Default for TokenSettings {
             idle_after: TimeDelta::minutes(15),
             force_refresh_min_age: TimeDelta::seconds(5),
             lease_wait: Duration::from_secs(45),
-            version_check_interval: Duration::from_secs(5),
+            recheck_interval: Duration::from_secs(5),
             listener_heartbeat: Duration::from_secs(5),
         }
     }

@@ -97,7 +97,7 @@ async fn a_tick_reads_nothing_for_tokens_not_due() {
         config.tokens.refresh_tick = Duration::from_millis(50);
         config.tokens.refresh_spacing = Duration::ZERO;
         // Their queries are not what is measured here.
-        config.tokens.version_check_interval = Duration::from_secs(3600);
+        config.tokens.recheck_interval = Duration::from_secs(3600);
         config.tokens.listener_heartbeat = Duration::from_secs(3600);
     })
     .await;
@@ -390,13 +390,13 @@ async fn until_not_found(app: &TestApp, id: &str, limit: Duration) -> (Duration,
     }
 }
 
-/// Guards `recheck_versions_periodically`: a change whose notification never came (here
+/// Guards `recheck_cached_periodically`: a change whose notification never came (here
 /// a row deleted behind the service's back) was served from the cache until the token
 /// expired, up to an hour.
 async fn a_change_whose_notification_is_lost_is_seen_by_the_version_check() {
     let fake = FakeLwa::start().await;
     let app = spawn_tuned(Backend::Postgres, &fake, |config| {
-        config.tokens.version_check_interval = Duration::from_millis(500);
+        config.tokens.recheck_interval = Duration::from_millis(500);
     })
     .await;
     let id = connection(&app, 1).await;
@@ -429,7 +429,7 @@ async fn a_replica_whose_database_link_stalls_stops_serving_a_deleted_connection
     via_proxy.lwa_token_url = fake.token_url.clone();
     let b = TestApp::start_tuned(a.db.clone(), via_proxy, |config| {
         config.tokens.listener_heartbeat = Duration::from_millis(500);
-        config.tokens.version_check_interval = Duration::from_secs(3600);
+        config.tokens.recheck_interval = Duration::from_secs(3600);
     })
     .await
     .expect("replica B starts");

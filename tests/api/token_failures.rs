@@ -311,7 +311,7 @@ async fn a_failed_refresh_does_not_empty_the_cache_through_the_version_check() {
     let fake = FakeLwa::start().await;
     let app = spawn_tuned(Backend::Postgres, &fake, |config| {
         no_force_refresh_age(config);
-        config.tokens.version_check_interval = Duration::from_millis(200);
+        config.tokens.recheck_interval = Duration::from_millis(200);
     })
     .await;
     let (lasting, cached, _) = lasting_and_expiring_tokens(&app, &fake).await;
