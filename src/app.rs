@@ -24,6 +24,7 @@ use crate::crypto::{Field, Keyring};
 use crate::domain::{ApiKeyName, Scope};
 use crate::store::{KeyCheck, Store};
 use crate::tokens::TokenService;
+use crate::website_auth::WebsiteAuthorization;
 
 /// Where the first admin key goes when there is no terminal to show it on.
 pub const FIRST_ADMIN_KEY_FILE: &str = "first-admin.key";
@@ -36,6 +37,7 @@ pub struct AppState {
     pub api_keys: ApiKeys,
     pub tokens: TokenService,
     pub tester: ConnectionTester,
+    pub website_auth: WebsiteAuthorization,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
@@ -79,10 +81,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("REGISTRY_LISTEN: cannot listen on {}", config.listen))?;
+        let lwa = LwaClient::new(config.lwa_token_url.clone(), config.lwa.clone());
         let tokens = TokenService::new(
             store.clone(),
             keyring.clone(),
-            LwaClient::new(config.lwa_token_url.clone(), config.lwa.clone()),
+            lwa.clone(),
             SpApiHosts::new(config.spapi_url.clone()),
             SpApiClient::new(&config.spapi),
             config.tokens.clone(),
@@ -93,9 +96,16 @@ impl Application {
             tokens.clone(),
             SpApiClient::new(&config.spapi),
         );
+        let website_auth = WebsiteAuthorization::new(
+            store.clone(),
+            connections.clone(),
+            lwa,
+            config.website_auth.clone(),
+        );
         let state = AppState {
             connections,
             tester,
+            website_auth,
             api_keys,
             tokens,
             store,

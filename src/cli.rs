@@ -59,6 +59,16 @@ pub struct Settings {
     #[arg(long = "spapi-url", env = "REGISTRY_SPAPI_URL", global = true)]
     pub spapi_url: Option<String>,
 
+    /// The service's external base URL, as sellers' browsers reach it (https). Enables
+    /// website authorization; its redirect URI is this URL + `/oauth/callback`.
+    #[arg(long, env = "REGISTRY_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Where a seller's browser is sent after website authorization, with
+    /// `connection_id` and `status` (or `error`) added to its query.
+    #[arg(long, env = "REGISTRY_OAUTH_RETURN_URL", global = true)]
+    pub oauth_return_url: Option<String>,
+
     /// Seconds a request may take before it is answered 503 `request_timeout` (1–600).
     #[arg(
         long,

@@ -45,6 +45,8 @@ const MASTER_KEYS: &str = "REGISTRY_MASTER_KEYS (--master-keys)";
 const BOOTSTRAP_ADMIN_KEY: &str = "REGISTRY_BOOTSTRAP_ADMIN_KEY (--bootstrap-admin-key)";
 const LWA_TOKEN_URL: &str = "REGISTRY_LWA_TOKEN_URL (--lwa-token-url)";
 const SPAPI_URL: &str = "REGISTRY_SPAPI_URL (--spapi-url)";
+const PUBLIC_URL: &str = "REGISTRY_PUBLIC_URL (--public-url)";
+const OAUTH_RETURN_URL: &str = "REGISTRY_OAUTH_RETURN_URL (--oauth-return-url)";
 const REQUEST_TIMEOUT: &str = "REGISTRY_REQUEST_TIMEOUT (--request-timeout)";
 /// Bounds of `REGISTRY_REQUEST_TIMEOUT`, in seconds.
 const REQUEST_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 1..=600;
@@ -177,6 +179,9 @@ pub struct Config {
     pub bootstrap_admin_key: Option<ApiKeyToken>,
     pub lwa_token_url: Url,
     pub spapi_url: Option<Url>,
+    /// Website authorization's URLs; `None` (the feature off) without
+    /// `REGISTRY_PUBLIC_URL`.
+    pub website_auth: Option<WebsiteAuthUrls>,
     /// The longest a request may take; answered 503 `request_timeout` after it.
     pub request_timeout: Duration,
     /// What a client connection may cost: its header-read (and idle) time, and how many
@@ -254,18 +259,66 @@ impl Config {
             listen,
             master_keys,
             bootstrap_admin_key,
-            lwa_token_url: parse_amazon_url(LWA_TOKEN_URL, &settings.lwa_token_url)?,
+            lwa_token_url: parse_https_url(LWA_TOKEN_URL, &settings.lwa_token_url)?,
             spapi_url: settings
                 .spapi_url
                 .as_deref()
-                .map(|url| parse_amazon_url(SPAPI_URL, url))
+                .map(|url| parse_https_url(SPAPI_URL, url))
                 .transpose()?,
+            website_auth: WebsiteAuthUrls::parse(
+                settings.public_url.as_deref(),
+                settings.oauth_return_url.as_deref(),
+            )?,
             request_timeout,
             connections,
             lwa: LwaSettings::default(),
             spapi: SpApiSettings::default(),
             tokens: TokenSettings::default().within_request_timeout(request_timeout),
         })
+    }
+}
+
+/// Where website authorization sends sellers' browsers.
+#[derive(Debug, Clone)]
+pub struct WebsiteAuthUrls {
+    /// `REGISTRY_PUBLIC_URL` + `/oauth/callback`: where Amazon sends the browser back. It
+    /// must be one of the application's registered OAuth redirect URIs.
+    pub redirect_uri: Url,
+    /// Where the browser goes afterwards; without it the callback answers a short page.
+    pub return_url: Option<Url>,
+}
+
+impl WebsiteAuthUrls {
+    fn parse(
+        public_url: Option<&str>,
+        return_url: Option<&str>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(public_url) = public_url else {
+            if return_url.is_some() {
+                return Err(ConfigError::new(
+                    OAUTH_RETURN_URL,
+                    "needs REGISTRY_PUBLIC_URL, the address Amazon sends sellers back to",
+                ));
+            }
+            return Ok(None);
+        };
+        let public_url = parse_https_url(PUBLIC_URL, public_url)?;
+        if public_url.query().is_some() || public_url.fragment().is_some() {
+            return Err(ConfigError::new(
+                PUBLIC_URL,
+                "must be a base URL without a query or fragment, like https://registry.example.com",
+            ));
+        }
+        let base = public_url.as_str().trim_end_matches('/');
+        let redirect_uri = Url::parse(&format!("{base}/oauth/callback"))
+            .map_err(|err| ConfigError::new(PUBLIC_URL, err.to_string()))?;
+        let return_url = return_url
+            .map(|url| parse_https_url(OAUTH_RETURN_URL, url))
+            .transpose()?;
+        Ok(Some(Self {
+            redirect_uri,
+            return_url,
+        }))
     }
 }
 
@@ -293,9 +346,11 @@ fn parse_number(
         })
 }
 
-/// Where credentials are sent: https, or plain http only to a loopback host (a local
-/// fake), so a typo cannot send a client secret across a network in the clear.
-fn parse_amazon_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
+/// Where credentials are sent (Amazon), or a seller's browser with a state and code in
+/// the query (website authorization): https, or plain http only to a loopback host (a
+/// local fake, a developer's machine), so a typo cannot send them across a network in
+/// the clear.
+fn parse_https_url(setting: &'static str, input: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(input)
         .map_err(|err| ConfigError::new(setting, format!("`{input}` is not a URL: {err}")))?;
     let loopback = url.host_str().is_some_and(is_loopback);
@@ -422,6 +477,71 @@ mod tests {
             let parsed = config(&["--lwa-token-url", fine, "--spapi-url", fine]).unwrap();
             assert_eq!(parsed.lwa_token_url.as_str(), fine);
         }
+    }
+
+    #[test]
+    fn website_authorization_urls() {
+        assert!(config(&[]).unwrap().website_auth.is_none());
+        for (public, redirect) in [
+            (
+                "https://registry.example.com",
+                "https://registry.example.com/oauth/callback",
+            ),
+            (
+                "https://example.com/registry/",
+                "https://example.com/registry/oauth/callback",
+            ),
+            (
+                "http://localhost:8080",
+                "http://localhost:8080/oauth/callback",
+            ),
+        ] {
+            let urls = config(&["--public-url", public])
+                .unwrap()
+                .website_auth
+                .unwrap();
+            assert_eq!(urls.redirect_uri.as_str(), redirect);
+            assert_eq!(urls.return_url, None);
+        }
+        let urls = config(&[
+            "--public-url",
+            "https://registry.example.com",
+            "--oauth-return-url",
+            "https://app.example.com/amazon/done?tab=2",
+        ])
+        .unwrap()
+        .website_auth
+        .unwrap();
+        assert_eq!(
+            urls.return_url.unwrap().as_str(),
+            "https://app.example.com/amazon/done?tab=2"
+        );
+        let err = config(&["--oauth-return-url", "https://app.example.com/"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "REGISTRY_OAUTH_RETURN_URL (--oauth-return-url): needs REGISTRY_PUBLIC_URL"
+            ),
+            "{err}"
+        );
+        for bad in [
+            "http://registry.example.com",
+            "https://r.example.com/?x=1",
+            "registry",
+        ] {
+            let err = config(&["--public-url", bad]).unwrap_err();
+            assert!(err.to_string().starts_with("REGISTRY_PUBLIC_URL"), "{err}");
+        }
+        let err = config(&[
+            "--public-url",
+            "https://registry.example.com",
+            "--oauth-return-url",
+            "http://app.example.com/",
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("REGISTRY_OAUTH_RETURN_URL"),
+            "{err}"
+        );
     }
 
     #[test]

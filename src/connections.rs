@@ -8,10 +8,12 @@ use serde_json::Value;
 
 use crate::crypto::{CryptoError, Field, Keyring, Sealed};
 use crate::domain::{
-    ApiKeyId, ClientSecret, Connection, ConnectionId, ConnectionPatch, ConnectionStatus,
-    NewConnection, SecretExpiry,
+    AccessToken, ApiKeyId, ClientId, ClientSecret, Connection, ConnectionId, ConnectionPatch,
+    ConnectionStatus, MerchantToken, NewConnection, RefreshToken, SecretExpiry,
 };
-use crate::store::{ConnectionFilter, ConnectionRow, IdempotencyRecord, Store, StoreError};
+use crate::store::{
+    ConnectionFilter, ConnectionRow, IdempotencyRecord, Store, StoreError, StoredToken,
+};
 use crate::tokens::TokenService;
 
 /// How often a PATCH re-reads and retries when another write lands between its read and
@@ -24,6 +26,9 @@ pub enum ConnectionError {
     NotFound,
     #[error("idempotency key reused with a different request")]
     IdempotencyKeyReused,
+    /// The credentials an operation began with are no longer the connection's.
+    #[error("the connection's credentials changed meanwhile")]
+    CredentialsChanged,
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -214,6 +219,49 @@ impl Connections {
             Ok(())
         })
         .await
+    }
+
+    /// Stores what a website authorization brought, sealed: the seller's refresh token
+    /// and the first access token; the connection is `active`. Refused with
+    /// `CredentialsChanged` when the connection's client id or merchant token is no
+    /// longer the one the authorization was made for.
+    pub async fn store_authorization(
+        &self,
+        id: ConnectionId,
+        made_for: (&ClientId, &MerchantToken),
+        refresh_token: &RefreshToken,
+        access_token: &AccessToken,
+    ) -> Result<Connection, ConnectionError> {
+        self.modify(id, |row| {
+            let c = &mut row.connection;
+            if (&c.client_id, &c.merchant_token) != made_for {
+                return Err(ConnectionError::CredentialsChanged);
+            }
+            let now = crate::domain::now();
+            row.refresh_token = self.seal(id, Field::RefreshToken, refresh_token.expose());
+            row.access_token = Some(StoredToken {
+                sealed: self.seal(id, Field::AccessToken, access_token.expose()),
+                fetched_at: access_token.fetched_at,
+                expires_at: access_token.expires_at,
+            });
+            c.status = ConnectionStatus::Active;
+            c.last_error = None;
+            c.authorized_at = Some(now);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The connection's client secret, opened: for an exchange made on its behalf.
+    pub async fn client_secret(
+        &self,
+        id: ConnectionId,
+    ) -> Result<(Connection, ClientSecret), ConnectionError> {
+        let row = self.store.get_connection(id).await?;
+        let secret = self
+            .keyring
+            .open(&id.to_string(), Field::ClientSecret, &row.client_secret)?;
+        Ok((row.connection, ClientSecret::from_stored(secret)))
     }
 
     /// Reads the row, applies `change` and writes it if anything changed, version-checked:

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod website_auth;

@@ -1,4 +1,5 @@
-//! The Login with Amazon token exchange (`grant_type=refresh_token`).
+//! The Login with Amazon token exchange: `grant_type=refresh_token` for a seller's token,
+//! `client_credentials` for grantless ones, `authorization_code` for website authorization.
 //!
 //! Every answer is classified on LWA's `error` field, not the HTTP status (docs/amazon.md):
 //! a rejected refresh token or client is final; an outage is retried here a few times
@@ -18,7 +19,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::answer::{ReadError, Scrubber, describe_transport_error, read_bounded, retry_after};
-use crate::domain::{AccessToken, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshToken, now};
+use crate::domain::{
+    AccessToken, AuthorizationCode, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshToken, now,
+};
 
 /// Timeouts and retry policy for the token exchange.
 #[derive(Debug, Clone)]
@@ -146,6 +149,28 @@ impl LwaClient {
             ("client_secret", client_secret.expose()),
         ];
         self.exchange(&form, &[client_secret.expose()]).await
+    }
+
+    /// Exchanges the `spapi_oauth_code` of a website authorization for the seller's
+    /// refresh token (and a first access token). `redirect_uri` must be the one the
+    /// consent URL named. The code is valid for five minutes and only once.
+    #[tracing::instrument(skip_all, fields(client_id = %client_id))]
+    pub async fn authorization_code(
+        &self,
+        client_id: &ClientId,
+        client_secret: &ClientSecret,
+        code: &AuthorizationCode,
+        redirect_uri: &str,
+    ) -> Result<LwaGrant, LwaError> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", redirect_uri),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.expose()),
+        ];
+        self.exchange(&form, &[client_secret.expose(), code.expose()])
+            .await
     }
 
     /// Posts `form` to the token endpoint, retrying transient failures; `secrets` are

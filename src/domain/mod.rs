@@ -6,6 +6,7 @@ mod api_key;
 mod connection;
 mod id;
 mod marketplace;
+mod oauth;
 mod region;
 mod restricted;
 mod token;
@@ -20,6 +21,7 @@ pub use connection::{
 };
 pub use id::{ApiKeyId, ConnectionId, ResourceId};
 pub use marketplace::{MARKETPLACES, Marketplace};
+pub use oauth::{AuthorizationCode, OAuthStateToken};
 pub use region::{AccountType, Environment, Region};
 pub use restricted::{
     DataElement, HttpMethod, MAX_RESOURCES, ResourcePath, RestrictedDataRequest, RestrictedResource,

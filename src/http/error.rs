@@ -17,6 +17,7 @@ use crate::crypto::CryptoError;
 use crate::domain::Scope;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
+use crate::website_auth::{CallbackError, ConsentError};
 
 /// Seconds a client should wait before retrying when the database is unavailable, or when
 /// LWA is and gave no `Retry-After`.
@@ -219,6 +220,10 @@ impl From<ConnectionError> for ApiError {
                 detail: "this Idempotency-Key was already used with a different request body"
                     .into(),
             },
+            ConnectionError::CredentialsChanged => Self::Conflict {
+                code: "credentials_changed",
+                detail: "the connection's credentials changed meanwhile; retry".into(),
+            },
             ConnectionError::Store(err) => err.into(),
             ConnectionError::Crypto(err) => err.into(),
         }
@@ -347,6 +352,110 @@ fn not_authorized(status: &str) -> ApiError {
         detail: format!(
             "the connection's status is `{status}`: Amazon refused its credentials; stop and \
              alert, a person must re-authorize or fix the connection"
+        ),
+    }
+}
+
+impl From<ConsentError> for ApiError {
+    fn from(err: ConsentError) -> Self {
+        match err {
+            ConsentError::NotConfigured => Self::Conflict {
+                code: "website_authorization_off",
+                detail: "website authorization is off on this service: an operator must set \
+                         REGISTRY_PUBLIC_URL (and register its /oauth/callback as the \
+                         application's OAuth redirect URI)"
+                    .into(),
+            },
+            ConsentError::NoApplicationId => Self::Conflict {
+                code: "application_id_required",
+                detail: "the connection has no application_id: PATCH it with the application \
+                         id shown in Developer Central (amzn1.sp.solution.…) first"
+                    .into(),
+            },
+            ConsentError::MarketplaceOutsideRegion { marketplace } => Self::invalid(
+                "marketplace_id",
+                format!("{marketplace} is not a marketplace of the connection's region"),
+            ),
+            ConsentError::Connection(err) => err.into(),
+            ConsentError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// How a website authorization's failure reads to the seller's browser: its status and
+/// code, and a sentence saying what to do. Nothing the browser or Amazon sent is repeated.
+pub fn callback_failure(err: &CallbackError) -> (StatusCode, &'static str, String) {
+    let again = "Start the authorization again from the application.";
+    match err {
+        CallbackError::NotConfigured => (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Website authorization is not enabled on this service.".into(),
+        ),
+        CallbackError::InvalidRequest { field, problem } => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("The link Amazon sent back is incomplete: `{field}` {problem}. {again}"),
+        ),
+        CallbackError::UnknownState => (
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            format!("This authorization link is unknown or was already used. {again}"),
+        ),
+        CallbackError::StateExpired { .. } => (
+            StatusCode::BAD_REQUEST,
+            "state_expired",
+            format!("This authorization link expired (they last 10 minutes). {again}"),
+        ),
+        CallbackError::ConnectionGone { .. } => (
+            StatusCode::NOT_FOUND,
+            "connection_not_found",
+            "The connection this authorization was for no longer exists.".into(),
+        ),
+        CallbackError::MerchantMismatch { .. } => (
+            StatusCode::CONFLICT,
+            "merchant_token_mismatch",
+            "The Amazon account that gave consent is not the one this connection is for. Sign \
+             in to Seller Central as the connection's seller and start again."
+                .into(),
+        ),
+        CallbackError::CredentialsChanged { .. } => (
+            StatusCode::CONFLICT,
+            "credentials_changed",
+            format!("The connection's credentials changed during the authorization. {again}"),
+        ),
+        CallbackError::Refused { error, .. } => match error {
+            LwaError::InvalidGrant(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                format!(
+                    "Amazon did not accept the authorization code (it is valid for five \
+                     minutes, once). {again}"
+                ),
+            ),
+            LwaError::InvalidClient { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                "Amazon refused the application's client id or secret: update the \
+                 connection's client secret, then start again."
+                    .into(),
+            ),
+            other => (
+                StatusCode::BAD_GATEWAY,
+                other.code(),
+                format!("Amazon answered the code exchange unexpectedly. {again}"),
+            ),
+        },
+        CallbackError::Unavailable { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lwa_unavailable",
+            format!("Amazon could not be reached to finish the authorization. {again}"),
+        ),
+        // The cause is logged by the handler.
+        CallbackError::Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("Something went wrong on our side. {again}"),
         ),
     }
 }

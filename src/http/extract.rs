@@ -57,6 +57,31 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
+/// A JSON object body that may be left out: no body (and no `Content-Type`) is `{}`.
+pub struct OptionalJsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return JsonObject::from_request(req, state)
+                .await
+                .map(|JsonObject(map)| Self(map));
+        }
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) if bytes.is_empty() => Ok(Self(Map::new())),
+            Ok(_) => Err(ApiError::UnsupportedMediaType),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge { limit: BODY_LIMIT })
+            }
+            Err(rejection) => Err(ApiError::MalformedJson(format!(
+                "could not read the body: {rejection}"
+            ))),
+        }
+    }
+}
+
 /// The query string as `Fields`, so bad parameters are named like bad body fields.
 pub struct QueryFields(pub Fields);
 

@@ -129,6 +129,13 @@ pub fn string<T>(
     }
 }
 
+/// A JSON `true` or `false`.
+pub fn boolean(value: &Value) -> Result<bool, ParseError> {
+    value
+        .as_bool()
+        .ok_or_else(|| ParseError::new("must be true or false"))
+}
+
 pub fn timestamp(input: &str) -> Result<DateTime<Utc>, ParseError> {
     DateTime::parse_from_rfc3339(input)
         .map(|at| at.with_timezone(&Utc))

@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod fields;
 mod health;
+mod oauth;
 mod serve;
 mod spapi;
 mod tokens;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(tokens::router())
         .merge(spapi::router())
+        .merge(oauth::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

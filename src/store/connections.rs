@@ -134,8 +134,9 @@ impl Store {
         Err(StoreError::Conflict)
     }
 
-    /// Deletes the connection, with its secrets, its token and the idempotency records
-    /// that would replay its creation; every replica hears of it when it commits.
+    /// Deletes the connection, with its secrets, its token, its website authorization
+    /// states and the idempotency records that would replay its creation; every replica
+    /// hears of it when it commits.
     pub async fn delete_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
         let deleted = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -145,6 +146,10 @@ impl Store {
                 .await?
                 .rows_affected();
             sqlx::query("DELETE FROM idempotency_keys WHERE connection_id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM oauth_states WHERE connection_id = $1")
                 .bind(id.as_uuid())
                 .execute(&mut *tx)
                 .await?;

@@ -25,6 +25,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use grantless::{GrantlessKey, GrantlessLease};
+pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
 pub use tokens::{Change, ChangeListener, TokenFacts, TokenLease};
 
@@ -158,6 +159,7 @@ macro_rules! connection_columns {
 mod api_keys;
 mod connections;
 mod grantless;
+mod oauth;
 mod postgres;
 mod rows;
 mod sqlite;

@@ -83,6 +83,17 @@ pub(crate) struct FakeState {
     refused_secrets: Mutex<Vec<String>>,
     /// Refresh tokens LWA refuses (`invalid_grant`), whatever the mode.
     refused_refresh_tokens: Mutex<Vec<String>>,
+    /// Website authorization: code → the grant it stands for, until exchanged.
+    authorization_codes: Mutex<HashMap<String, CodeGrant>>,
+    /// `grant_type=authorization_code` requests.
+    code_exchanges: AtomicUsize,
+}
+
+/// What a seller's consent produced: exchanged once, with this redirect URI, for this
+/// refresh token.
+struct CodeGrant {
+    refresh_token: String,
+    redirect_uri: String,
 }
 
 /// Counts a request as being answered until dropped.
@@ -236,6 +247,25 @@ impl FakeLwa {
         *self.state.rotated_refresh_token.lock().unwrap() = Some(crate::logs::secret(new));
     }
 
+    /// A seller consenting on Amazon's site: returns the `spapi_oauth_code` Amazon would
+    /// put in the redirect, good once for `refresh_token` if sent with `redirect_uri`.
+    pub fn consent(&self, refresh_token: &str, redirect_uri: &str) -> String {
+        let code = format!("ANcode{}", uuid::Uuid::new_v4().simple());
+        self.state.authorization_codes.lock().unwrap().insert(
+            code.clone(),
+            CodeGrant {
+                refresh_token: crate::logs::secret(refresh_token),
+                redirect_uri: redirect_uri.to_owned(),
+            },
+        );
+        crate::logs::secret(code)
+    }
+
+    /// `grant_type=authorization_code` requests received.
+    pub fn code_exchanges(&self) -> usize {
+        self.state.code_exchanges.load(Ordering::SeqCst)
+    }
+
     /// The refresh token an access token was issued for.
     pub fn issued_for(&self, access_token: &str) -> Option<String> {
         self.state.issued_for(access_token)
@@ -326,6 +356,72 @@ fn grantless(state: &FakeState, params: &HashMap<String, String>) -> Response {
     .into_response()
 }
 
+/// `grant_type=authorization_code`: a code from `consent`, once, with its redirect URI.
+fn authorization_code(state: &FakeState, params: &HashMap<String, String>) -> Response {
+    state.code_exchanges.fetch_add(1, Ordering::SeqCst);
+    let client_ok = params
+        .get("client_id")
+        .is_some_and(|v| v.starts_with("amzn1.application-oa2-client."))
+        && params.get("client_secret").is_some_and(|v| !v.is_empty())
+        && params.contains_key("code")
+        && params.contains_key("redirect_uri");
+    if !client_ok {
+        return lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The request is missing a required parameter",
+        );
+    }
+    let secret = params.get("client_secret").cloned().unwrap_or_default();
+    if state.refused_secrets.lock().unwrap().contains(&secret)
+        || state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) == LwaMode::InvalidClient
+    {
+        return lwa_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        );
+    }
+    if state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) == LwaMode::ServerError {
+        return lwa_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Internal server error",
+        );
+    }
+    // A code is used up by its first exchange, whatever the outcome.
+    let grant = state
+        .authorization_codes
+        .lock()
+        .unwrap()
+        .remove(&params["code"]);
+    let Some(grant) = grant.filter(|grant| grant.redirect_uri == params["redirect_uri"]) else {
+        return lwa_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The request has an invalid grant parameter : code",
+        );
+    };
+    let n = state.issued.fetch_add(1, Ordering::SeqCst);
+    let access_token = crate::logs::secret(format!(
+        "Atza|IwEBIcode{}-{n:06}-{}",
+        state.instance,
+        "c".repeat(360)
+    ));
+    state
+        .issued_for
+        .lock()
+        .unwrap()
+        .insert(access_token.clone(), grant.refresh_token.clone());
+    axum::Json(json!({
+        "access_token": access_token,
+        "refresh_token": grant.refresh_token,
+        "token_type": "bearer",
+        "expires_in": state.expires_in.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
 fn lwa_error(status: StatusCode, error: &str, description: &str) -> Response {
     (
         status,
@@ -371,8 +467,10 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    if params.get("grant_type").map(String::as_str) == Some("client_credentials") {
-        return grantless(&state, &params);
+    match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => return grantless(&state, &params),
+        Some("authorization_code") => return authorization_code(&state, &params),
+        _ => {}
     }
     let complete = params.get("grant_type").map(String::as_str) == Some("refresh_token")
         && params

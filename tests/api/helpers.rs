@@ -187,6 +187,8 @@ pub fn settings(db: &TestDb, master_keys: Option<&str>) -> Settings {
         bootstrap_admin_key: Some(ADMIN_KEY.into()),
         lwa_token_url: "http://127.0.0.1:9/auth/o2/token".into(),
         spapi_url: None,
+        public_url: None,
+        oauth_return_url: None,
         log_format: None,
         request_timeout: "60".into(),
         header_read_timeout: "10".into(),
@@ -215,13 +217,17 @@ pub async fn spawn_with_lwa(backend: Backend, fake: &FakeLwa) -> TestApp {
     spawn_tuned(backend, fake, |_| {}).await
 }
 
+/// Where the apps of `spawn_with_amazon` say they are reached (`REGISTRY_PUBLIC_URL`).
+pub const PUBLIC_URL: &str = "https://registry.example.com";
+
 /// An app whose LWA and SP-API are `fake` (its token responses then name the fake as
-/// `sp_api_endpoint`).
+/// `sp_api_endpoint`), with website authorization on (no return URL).
 pub async fn spawn_with_amazon(backend: Backend, fake: &FakeLwa) -> TestApp {
     let db = TestDb::new(backend).await;
     let mut settings = settings(&db, Some(MASTER_KEYS));
     settings.lwa_token_url = fake.token_url.clone();
     settings.spapi_url = Some(fake.spapi_url.clone());
+    settings.public_url = Some(PUBLIC_URL.into());
     TestApp::start_tuned(db, settings, |_| {})
         .await
         .expect("app starts")
@@ -432,6 +438,9 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// An application id as Developer Central shows it (website authorization needs one).
+pub const APPLICATION_ID: &str = "amzn1.sp.solution.1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
 
 pub const CLIENT_ID: &str = "amzn1.application-oa2-client.0123456789abcdef0123456789abcdef";
 

@@ -24,3 +24,4 @@ mod token_cache;
 mod token_failures;
 mod tokens;
 mod validation;
+mod website_auth;

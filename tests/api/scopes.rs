@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
-use crate::helpers::{ADMIN_KEY, Backend, TestApp, connection_body, problem, spawn_with_amazon};
+use crate::helpers::{
+    ADMIN_KEY, APPLICATION_ID, Backend, TestApp, connection_body, problem, spawn_with_amazon,
+};
 
 both_backends!(every_route_answers_each_caller_as_its_scope_allows);
 
@@ -56,6 +58,10 @@ fn routes() -> Vec<Route> {
         route(Method::POST, "/connections/{connection}/test", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::GET, "/connections/{connection}/token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
         route(Method::POST, "/connections/{connection}/restricted-data-token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
+        // Stores a state, which the admin's view does not show (website_auth.rs counts them).
+        route(Method::POST, "/connections/{connection}/authorization-url", StatusCode::OK, "connections:write", false, [U, U, F, F, Y, Y]),
+        // The seller's browser has no key; without Amazon's parameters it is a bad request.
+        route(Method::GET, "/oauth/callback", StatusCode::BAD_REQUEST, "", false, [Y, Y, Y, Y, Y, Y]),
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
         route(Method::POST, "/api-keys", StatusCode::CREATED, "admin", true, [U, U, F, F, F, Y]),
         route(Method::DELETE, "/api-keys/{api_key}", StatusCode::NO_CONTENT, "admin", true, [U, U, F, F, F, Y]),
@@ -96,7 +102,9 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
 
     for (n, route) in (100..).zip(routes()) {
         for ((caller, key), expect) in CALLERS.iter().zip(&keys).zip(route.callers) {
-            let connection = app.create_connection(&connection_body(n)).await;
+            let mut fixture = connection_body(n);
+            fixture["application_id"] = json!(APPLICATION_ID);
+            let connection = app.create_connection(&fixture).await;
             let (doomed_key_id, _) = app.api_key_with_id(&["connections:read"]).await;
             let path = route
                 .path
