@@ -102,14 +102,30 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Guards the whole flow: the consent URL's parts, the exchange with the redirect URI
-/// the URL named, the new refresh token stored (the next LWA refresh sends it), the
-/// first access token cached (no refresh call), `active` and `authorized_at`, the
-/// browser sent back with the connection and status, and the state single-use.
+/// Guards the whole flow, repairing a connection whose refresh token was revoked: the
+/// consent URL's parts, the exchange with the redirect URI the URL named, the new
+/// refresh token stored (the next LWA exchange sends it), the first access token stored
+/// (no refresh call), `active` (workers served again) and `authorized_at`, the browser
+/// sent back with the connection and status, and the state single-use.
 async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backend: Backend) {
     let fake = FakeLwa::start().await;
     let app = spawn(backend, &fake, Some(RETURN_URL)).await;
     let id = public_connection(&app, 1, |_| {}).await;
+    // The seller revoked the app: workers are stopped until a new authorization.
+    fake.refuse_refresh_token(&refresh_token(1));
+    let response = app
+        .post(
+            &format!("/connections/{id}/authorize"),
+            ADMIN_KEY,
+            &json!({}),
+        )
+        .await;
+    problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_grant").await;
+    let response = app
+        .get(&format!("/connections/{id}/token"), ADMIN_KEY)
+        .await;
+    problem(response, StatusCode::CONFLICT, "connection_not_authorized").await;
+    assert_eq!(fake.calls(), 1);
 
     let before = Utc::now();
     let consent = consent_ok(&app, &id, None).await;
@@ -166,14 +182,22 @@ async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backe
     let (served, _) = token_ok(&app, &id, "").await;
     let access_token = served["access_token"].as_str().unwrap();
     assert_eq!(fake.issued_for(access_token), Some(refresh_token(2)));
-    assert_eq!(fake.calls(), 1, "only the code exchange");
+    assert_eq!(
+        fake.calls(),
+        2,
+        "the refused refresh, then only the code exchange"
+    );
     // The next exchange sends the new refresh token.
     let response = app
-        .post(&format!("/connections/{id}/authorize"), ADMIN_KEY, &json!({}))
+        .post(
+            &format!("/connections/{id}/authorize"),
+            ADMIN_KEY,
+            &json!({}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.calls_for(&refresh_token(2)), 1);
-    assert_eq!(fake.calls_for(&refresh_token(1)), 0);
+    assert_eq!(fake.calls_for(&refresh_token(1)), 1, "only the refused one");
 
     // The same return again: the state is used up, and LWA is not asked.
     let again = callback(
