@@ -82,6 +82,19 @@ async fn callback(app: &TestApp, query: &[(&str, &str)]) -> reqwest::Response {
     browser.get(url).send().await.unwrap()
 }
 
+/// The browser's return with all three parameters Amazon sends.
+async fn back(app: &TestApp, state: &str, seller: &str, code: &str) -> reqwest::Response {
+    callback(
+        app,
+        &[
+            ("state", state),
+            ("selling_partner_id", seller),
+            ("spapi_oauth_code", code),
+        ],
+    )
+    .await
+}
+
 /// Where a callback sent the browser, as query pairs after the return URL's own.
 fn returned_to(response: &reqwest::Response) -> Vec<(String, String)> {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -155,15 +168,7 @@ async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backe
     assert_eq!(store.count_oauth_states(connection_id).await.unwrap(), 1);
 
     let code = fake.consent(&refresh_token(2), REDIRECT_URI);
-    let response = callback(
-        &app,
-        &[
-            ("state", state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &code),
-        ],
-    )
-    .await;
+    let response = back(&app, state, SELLER, &code).await;
     assert_eq!(
         returned_to(&response),
         pairs(&[("tab", "2"), ("connection_id", &id), ("status", "active")])
@@ -200,15 +205,7 @@ async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backe
     assert_eq!(fake.calls_for(&refresh_token(1)), 1, "only the refused one");
 
     // The same return again: the state is used up, and LWA is not asked.
-    let again = callback(
-        &app,
-        &[
-            ("state", state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &code),
-        ],
-    )
-    .await;
+    let again = back(&app, state, SELLER, &code).await;
     assert_eq!(
         returned_to(&again),
         pairs(&[("tab", "2"), ("error", "invalid_state")])
@@ -252,15 +249,7 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
     // A state this service never issued (of the right shape), and one of the wrong shape.
     let forged = "A".repeat(43);
     for bad_state in [forged.as_str(), "not-a-state"] {
-        let response = callback(
-            &app,
-            &[
-                ("state", bad_state),
-                ("selling_partner_id", SELLER),
-                ("spapi_oauth_code", &good_code),
-            ],
-        )
-        .await;
+        let response = back(&app, bad_state, SELLER, &good_code).await;
         let code = if bad_state == forged {
             "invalid_state"
         } else {
@@ -277,28 +266,12 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
             Utc::now() - Duration::seconds(1),
         )
         .await;
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &good_code),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("state_expired", true));
 
     // Another seller consented.
     let state = new_state().await;
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", "A2OTHERSELLER9"),
-            ("spapi_oauth_code", &good_code),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, "A2OTHERSELLER9", &good_code).await;
     assert_eq!(
         returned_to(&response),
         fail("merchant_token_mismatch", true)
@@ -307,44 +280,20 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
 
     // LWA refuses a code it did not issue.
     let state = new_state().await;
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", "ANforgedcode"),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, SELLER, "ANforgedcode").await;
     assert_eq!(returned_to(&response), fail("invalid_grant", true));
     assert_eq!(fake.code_exchanges(), 1);
 
     // LWA refuses the application's secret.
     fake.set_mode(LwaMode::InvalidClient);
     let state = new_state().await;
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &good_code),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("invalid_client", true));
 
     // LWA is down (each attempt fails; the code stays unused at the fake).
     fake.set_mode(LwaMode::ServerError);
     let state = new_state().await;
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &good_code),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("lwa_unavailable", true));
     fake.set_mode(LwaMode::Issue);
 
@@ -361,15 +310,7 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
     let state = new_state().await;
     let response = app.delete(&format!("/connections/{id}"), ADMIN_KEY).await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let response = callback(
-        &app,
-        &[
-            ("state", &state),
-            ("selling_partner_id", SELLER),
-            ("spapi_oauth_code", &good_code),
-        ],
-    )
-    .await;
+    let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("invalid_state", false));
 }
 
