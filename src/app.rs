@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -20,9 +19,8 @@ use crate::api_keys::{ApiKeys, BootstrapKey};
 use crate::config::{Config, DatabaseUrl, write_private_file};
 use crate::connection_test::ConnectionTester;
 use crate::connections::Connections;
-use crate::crypto::{Field, Keyring};
 use crate::domain::{ApiKeyName, Scope};
-use crate::store::{KeyCheck, Store};
+use crate::store::Store;
 use crate::tokens::TokenService;
 use crate::website_auth::WebsiteAuthorization;
 
@@ -58,7 +56,7 @@ impl Application {
         }
         let keyring = Arc::new(config.master_keys.load()?);
         let store = open_database(&config.database_url).await?;
-        verify_master_keys(&store, &keyring).await?;
+        crate::master_keys::verify_at_startup(&store, &keyring).await?;
 
         let api_keys = ApiKeys::new(store.clone());
         if let Some(token) = &config.bootstrap_admin_key {
@@ -166,72 +164,6 @@ pub async fn open_database(url: &DatabaseUrl) -> anyhow::Result<Store> {
         .await
         .context("cannot migrate the database")?;
     Ok(store)
-}
-
-/// The text each master key seals once, into `key_checks`.
-const KEY_CHECK_TEXT: &str = "connection-registry master key check";
-
-/// Each master key seals a known text once; at start-up each must open its own, and every
-/// key that ever sealed data here must still be configured.
-///
-/// A check this replica adds is read back and verified: another replica starting at the
-/// same moment with other bytes under the same key id may have stored its check first,
-/// and then one of the two must not start.
-async fn verify_master_keys(store: &Store, keyring: &Keyring) -> anyhow::Result<()> {
-    let checks = store.key_checks().await.context("cannot read key checks")?;
-    verify_key_checks(
-        &checks,
-        keyring,
-        "is not the key that encrypted this database",
-    )?;
-    let mut added = false;
-    for key_id in keyring.key_ids() {
-        if !checks.iter().any(|check| check.key_id == key_id) {
-            let owner = format!("key-check:{key_id}");
-            let sealed = keyring
-                .seal_with_key(key_id, &owner, Field::KeyCheck, KEY_CHECK_TEXT)
-                .expect("the key id comes from the keyring");
-            let check = KeyCheck {
-                key_id: key_id.to_owned(),
-                sealed,
-            };
-            store
-                .insert_key_check(&check)
-                .await
-                .context("cannot store key check")?;
-            added = true;
-        }
-    }
-    if added {
-        let checks = store.key_checks().await.context("cannot read key checks")?;
-        verify_key_checks(
-            &checks,
-            keyring,
-            "differs from the key another replica, starting at the same time, stored under \
-             this id; every replica must be given the same keys",
-        )?;
-    }
-    Ok(())
-}
-
-/// Every stored check's key is configured and opens its text; `mismatch` says what it
-/// means when one does not open.
-fn verify_key_checks(checks: &[KeyCheck], keyring: &Keyring, mismatch: &str) -> anyhow::Result<()> {
-    for check in checks {
-        let owner = format!("key-check:{}", check.key_id);
-        if !keyring.key_ids().any(|id| id == check.key_id) {
-            anyhow::bail!(
-                "REGISTRY_MASTER_KEYS: this database has secrets encrypted with key `{}`, \
-                 which is not configured; add it back after the current key",
-                check.key_id
-            );
-        }
-        let opened = keyring.open(&owner, Field::KeyCheck, &check.sealed).ok();
-        if opened.as_ref().map(|text| text.expose_secret()) != Some(KEY_CHECK_TEXT) {
-            anyhow::bail!("REGISTRY_MASTER_KEYS: key `{}` {mismatch}", check.key_id);
-        }
-    }
-    Ok(())
 }
 
 /// The embedded default with no key at all: make one admin key and hand it over once.

@@ -117,6 +117,36 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// Master keys: make one, see what each encrypts, re-encrypt under the first.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new `key_id:base64` entry for REGISTRY_MASTER_KEYS (needs no database).
+    Generate {
+        /// The key id: 1–32 letters, digits, `-` or `_` [default: k<today>, e.g. k20261128].
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Per key id: configured or not, how many stored secrets it encrypts, and whether
+    /// it can be removed from the configuration.
+    Status {
+        /// One JSON object per key instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt every stored secret with the first configured key, in batches, while
+    /// replicas keep serving. Safe to stop and run again.
+    Rewrap {
+        /// Rows per batch (each batch is one short transaction), 1–10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch_size: u32,
+        /// Milliseconds to wait after each batch, to spare a busy database.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

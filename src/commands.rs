@@ -4,11 +4,19 @@ use anyhow::Context;
 
 use crate::api_keys::ApiKeys;
 use crate::app::{Application, open_database};
-use crate::cli::{ApiKeysCommand, Cli, Command};
+use crate::cli::{ApiKeysCommand, Cli, Command, KeysCommand};
 use crate::config::Config;
+use crate::crypto::Keyring;
 use crate::domain::{ApiKeyId, ApiKeyName, Scope};
+use crate::master_keys;
+use crate::store::Store;
+use std::io::IsTerminal;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Needs no configuration: a key is made before anything can use it.
+    if let Some(Command::Keys(KeysCommand::Generate { id })) = &cli.command {
+        return generate_key(id.as_deref());
+    }
     let config = Config::from_settings(&cli.settings)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
@@ -18,6 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKeys(command) => manage_api_keys(&config, command).await,
+        Command::Keys(command) => manage_master_keys(config, command).await,
     }
 }
 
@@ -84,6 +93,134 @@ async fn manage_api_keys(config: &Config, command: ApiKeysCommand) -> anyhow::Re
                 .await
                 .with_context(|| format!("cannot revoke {id}"))?;
             println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `keys generate`: the entry on stdout (for `$(…)`), what to do with it on stderr.
+fn generate_key(id: Option<&str>) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let id = id.map_or_else(
+        || format!("k{}", chrono::Utc::now().format("%Y%m%d")),
+        str::to_owned,
+    );
+    let spec = Keyring::generate_spec(&id);
+    Keyring::parse(spec.expose_secret()).map_err(|err| anyhow::anyhow!("--id: {err}"))?;
+    println!("{}", spec.expose_secret());
+    eprintln!(
+        "add it to REGISTRY_MASTER_KEYS after the current key on every replica, then move it \
+         first and run `keys rewrap` (README: Rotate the master key)"
+    );
+    Ok(())
+}
+
+async fn manage_master_keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
+    let keyring = config.master_keys.load()?;
+    let store = open_database(&config.database_url).await?;
+    match command {
+        KeysCommand::Generate { .. } => unreachable!("handled before the configuration is read"),
+        KeysCommand::Status { json } => {
+            let report = master_keys::status(&store, &keyring).await?;
+            if json {
+                for key in &report {
+                    println!("{}", serde_json::to_string(key)?);
+                }
+            } else {
+                print_key_table(&report);
+            }
+        }
+        KeysCommand::Rewrap {
+            batch_size,
+            pause_ms,
+        } => rewrap(&store, &keyring, batch_size, pause_ms).await?,
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn print_key_table(report: &[master_keys::KeyStatus]) {
+    println!(
+        "{:<32}  {:<10}  {:>10}  note",
+        "key id", "configured", "encrypts"
+    );
+    for key in report {
+        let note = match key {
+            key if key.primary => "first: encrypts new secrets".to_owned(),
+            key if key.removable() => {
+                "no longer needed: remove it from REGISTRY_MASTER_KEYS".to_owned()
+            }
+            key if !key.configured && key.ciphertexts > 0 => {
+                "MISSING: add it back to REGISTRY_MASTER_KEYS".to_owned()
+            }
+            key if !key.configured => "removed; forgotten at the next start".to_owned(),
+            _ => "still needed: run `keys rewrap`".to_owned(),
+        };
+        let configured = if key.configured { "yes" } else { "no" };
+        println!(
+            "{:<32}  {:<10}  {:>10}  {note}",
+            key.key_id, configured, key.ciphertexts
+        );
+    }
+}
+
+/// `keys rewrap`: a progress bar on a terminal, counts in the log otherwise; the outcome
+/// on stdout.
+async fn rewrap(
+    store: &Store,
+    keyring: &Keyring,
+    batch_size: u32,
+    pause_ms: u64,
+) -> anyhow::Result<()> {
+    // The first key must be the one this database knows under its id before anything is
+    // sealed with it; this also records it for the replicas.
+    master_keys::verify_at_startup(store, keyring).await?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "rewrapping {bar:40} {pos}/{len} secrets ({eta} left)",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let settings = master_keys::RewrapSettings {
+        batch_size,
+        pause: std::time::Duration::from_millis(pause_ms),
+    };
+    let report = master_keys::rewrap(store, keyring, settings, |progress| match &bar {
+        Some(bar) => {
+            bar.set_length(progress.total);
+            bar.set_position(progress.done);
+        }
+        None => tracing::info!(done = progress.done, total = progress.total, "rewrapping"),
+    })
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    println!(
+        "rewrapped {} secrets with key `{}`",
+        report.rewrapped,
+        keyring.primary_id()
+    );
+    if !report.unreadable.is_empty() {
+        for what in &report.unreadable {
+            eprintln!("cannot open {what}");
+        }
+        anyhow::bail!(
+            "{} stored secrets could not be opened; they keep their old key",
+            report.unreadable.len()
+        );
+    }
+    for key in master_keys::status(store, keyring).await? {
+        if key.removable() {
+            println!(
+                "key `{}` encrypts nothing now: remove it from REGISTRY_MASTER_KEYS",
+                key.key_id
+            );
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ pub mod connections;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod master_keys;
 pub mod metrics;
 pub mod store;
 pub mod telemetry;

@@ -1,12 +1,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connection_registry::{cli::Cli, commands, telemetry};
+use connection_registry::cli::{Cli, Command};
+use connection_registry::commands;
+use connection_registry::telemetry::{self, LogTo};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.settings.log_format);
+    let log_to = match cli.command {
+        None | Some(Command::Serve) => LogTo::Stdout,
+        Some(_) => LogTo::Stderr,
+    };
+    telemetry::init(cli.settings.log_format, log_to);
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

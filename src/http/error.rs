@@ -66,6 +66,12 @@ pub enum ApiError {
     DatabaseUnavailable(String),
     #[error("the request took too long; retry later")]
     Timeout,
+    /// A secret of this resource was sealed with a master key this replica lacks.
+    #[error(
+        "this connection's secrets are encrypted with master key `{0}`, which this replica is \
+         not configured with; an operator must add it to REGISTRY_MASTER_KEYS"
+    )]
+    MasterKeyMissing(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -97,6 +103,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
+            Self::MasterKeyMissing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "master_key_missing"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -123,6 +130,12 @@ impl IntoResponse for ApiError {
             }
             Self::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
+            }
+            Self::MasterKeyMissing(key_id) => {
+                tracing::error!(
+                    key_id,
+                    "a stored secret needs a master key that is not configured"
+                );
             }
             _ => {}
         }
@@ -207,7 +220,10 @@ impl From<StoreError> for ApiError {
 
 impl From<CryptoError> for ApiError {
     fn from(err: CryptoError) -> Self {
-        Self::Internal(err.into())
+        match err {
+            CryptoError::UnknownKey(key_id) => Self::MasterKeyMissing(key_id),
+            other => Self::Internal(other.into()),
+        }
     }
 }
 

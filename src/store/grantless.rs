@@ -23,6 +23,22 @@ pub struct GrantlessKey {
     pub secret_fingerprint: String,
 }
 
+impl GrantlessKey {
+    /// Whom the token's ciphertext belongs to (its authenticated data).
+    pub fn owner(&self) -> String {
+        grantless_owner(
+            self.client_id.as_str(),
+            self.scope.as_str(),
+            &self.secret_fingerprint,
+        )
+    }
+}
+
+/// The owner of a grantless token's ciphertext, from its row's key columns.
+pub fn grantless_owner(client_id: &str, scope: &str, secret_fingerprint: &str) -> String {
+    format!("grantless:{client_id}:{scope}:{secret_fingerprint}")
+}
+
 type TokenColumns = (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 fn stored(columns: TokenColumns) -> Option<StoredToken> {

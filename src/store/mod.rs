@@ -24,9 +24,10 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
-pub use grantless::{GrantlessKey, GrantlessLease};
+pub use grantless::{GrantlessKey, GrantlessLease, grantless_owner};
 pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
+pub use sealed::{SealedConnection, SealedGrantless};
 pub use tokens::{Change, ChangeListener, TokenFacts, TokenLease};
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +163,7 @@ mod grantless;
 mod oauth;
 mod postgres;
 mod rows;
+mod sealed;
 mod sqlite;
 mod tokens;
 

@@ -125,11 +125,7 @@ async fn fetch(
 ) -> Result<Arc<AccessToken>, TokenError> {
     let inner = &service.inner;
     let (client_id, scope) = (&key.client_id, key.scope);
-    let owner = format!(
-        "grantless:{client_id}:{}:{}",
-        scope.as_str(),
-        key.secret_fingerprint
-    );
+    let owner = key.owner();
     let usable = |stored: &StoredToken| {
         need.accepts(stored.fetched_at, stored.expires_at, now())
             .then(|| {

@@ -12,6 +12,7 @@ mod connection_tests;
 mod connections;
 mod grantless;
 mod lwa_answers;
+mod master_keys;
 mod operators;
 mod restricted;
 mod scopes;

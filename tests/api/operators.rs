@@ -45,16 +45,16 @@ crate::single!(
     guessing_api_keys_costs_a_bounded_number_of_queries,
 );
 
-const BINARY: &str = env!("CARGO_BIN_EXE_connection-registry");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_connection-registry");
 
 /// Bounds every wait on a child process: running a subcommand, starting, stopping.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What one subcommand did.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
@@ -67,13 +67,13 @@ impl Run {
     }
 
     #[track_caller]
-    fn assert_succeeded(&self, what: &str) {
+    pub fn assert_succeeded(&self, what: &str) {
         assert_eq!(self.code, Some(0), "{what} must exit 0: {self}");
     }
 
     /// Exit status 1 and exactly one line on stderr, which is returned.
     #[track_caller]
-    fn assert_failed_in_one_line(&self, what: &str) -> &str {
+    pub fn assert_failed_in_one_line(&self, what: &str) -> &str {
         assert_eq!(self.code, Some(1), "{what} must exit 1: {self}");
         match self.stderr_lines()[..] {
             [line] => line,
@@ -133,7 +133,12 @@ impl std::fmt::Display for Run {
 
 /// Runs `connection-registry <args>` over `db` with nothing in its environment but the
 /// database URL and the master keys, as an operator would on a replica's host.
-async fn cli(db: &TestDb, args: &[&str]) -> Run {
+pub(crate) async fn cli(db: &TestDb, args: &[&str]) -> Run {
+    cli_with_keys(db, MASTER_KEYS, args).await
+}
+
+/// `cli` with these master keys.
+pub(crate) async fn cli_with_keys(db: &TestDb, master_keys: &str, args: &[&str]) -> Run {
     // Should the binary ignore DATABASE_URL, its embedded default lands here, not in the
     // repository.
     let cwd = tempfile::tempdir().expect("temp dir");
@@ -143,7 +148,7 @@ async fn cli(db: &TestDb, args: &[&str]) -> Run {
             .args(args)
             .env_clear()
             .env("DATABASE_URL", &db.url)
-            .env("REGISTRY_MASTER_KEYS", MASTER_KEYS)
+            .env("REGISTRY_MASTER_KEYS", master_keys)
             .current_dir(cwd.path())
             .stdin(Stdio::null())
             .kill_on_drop(true)
