@@ -16,6 +16,7 @@ use crate::amazon::endpoints::SpApiHosts;
 use crate::amazon::lwa::LwaClient;
 use crate::amazon::spapi::SpApiClient;
 use crate::api_keys::{ApiKeys, BootstrapKey};
+use crate::client_secrets::ApplicationSecrets;
 use crate::config::{Config, DatabaseUrl, write_private_file};
 use crate::connection_test::ConnectionTester;
 use crate::connections::Connections;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub tokens: TokenService,
     pub tester: ConnectionTester,
     pub website_auth: WebsiteAuthorization,
+    pub secrets: ApplicationSecrets,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
@@ -88,7 +90,13 @@ impl Application {
             SpApiClient::new(&config.spapi),
             config.tokens.clone(),
         );
-        let connections = Connections::new(store.clone(), keyring, tokens.clone());
+        let connections = Connections::new(store.clone(), keyring.clone(), tokens.clone());
+        let secrets = ApplicationSecrets::new(
+            store.clone(),
+            keyring,
+            tokens.clone(),
+            SpApiClient::new(&config.spapi),
+        );
         let tester = ConnectionTester::new(
             connections.clone(),
             tokens.clone(),
@@ -104,6 +112,7 @@ impl Application {
             connections,
             tester,
             website_auth,
+            secrets,
             api_keys,
             tokens,
             store,

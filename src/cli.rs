@@ -117,9 +117,26 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// Look at connections.
+    #[command(subcommand)]
+    Connections(ConnectionsCommand),
     /// Master keys: make one, see what each encrypts, re-encrypt under the first.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Connections whose client secret expires within a period, soonest first: what needs
+    /// a new secret.
+    Expiring {
+        /// How far ahead: days or hours, like `14d` or `36h`.
+        #[arg(long, default_value = "14d")]
+        within: String,
+        /// A JSON array of the connections (as the API shows them) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,12 +4,12 @@ use anyhow::Context;
 
 use crate::api_keys::ApiKeys;
 use crate::app::{Application, open_database};
-use crate::cli::{ApiKeysCommand, Cli, Command, KeysCommand};
+use crate::cli::{ApiKeysCommand, Cli, Command, ConnectionsCommand, KeysCommand};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::{ApiKeyId, ApiKeyName, Scope};
 use crate::master_keys;
-use crate::store::Store;
+use crate::store::{ConnectionFilter, Store};
 use std::io::IsTerminal;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -27,6 +27,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ApiKeys(command) => manage_api_keys(&config, command).await,
         Command::Keys(command) => manage_master_keys(config, command).await,
+        Command::Connections(ConnectionsCommand::Expiring { within, json }) => {
+            expiring(&config, &within, json).await
+        }
     }
 }
 
@@ -222,6 +225,51 @@ async fn rewrap(
                 key.key_id
             );
         }
+    }
+    Ok(())
+}
+
+/// `connections expiring`: soonest first; a table for people, JSON for scripts.
+async fn expiring(config: &Config, within: &str, json: bool) -> anyhow::Result<()> {
+    let period =
+        crate::domain::parse_period(within).map_err(|err| anyhow::anyhow!("--within {err}"))?;
+    let store = open_database(&config.database_url).await?;
+    let mut filter = ConnectionFilter {
+        client_secret_expires_before: Some(crate::domain::now() + period),
+        ..ConnectionFilter::default()
+    };
+    let mut found = Vec::new();
+    loop {
+        let page = store.list_connections(&filter, 500).await?;
+        let Some(last) = page.last() else { break };
+        filter.after = Some(last.connection.id);
+        found.extend(page.into_iter().map(|row| row.connection));
+    }
+    store.close().await;
+    found.sort_by_key(|c| (c.client_secret_expires_at, c.id));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    println!(
+        "{:<27}  {:<9}  {:<36}  {:<62}  {:<26}  name",
+        "client secret expires", "estimate", "connection", "client id", "status"
+    );
+    for c in &found {
+        println!(
+            "{:<27}  {:<9}  {:<36}  {:<62}  {:<26}  {}",
+            c.client_secret_expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            if c.client_secret_expires_at_estimated {
+                "estimated"
+            } else {
+                "amazon"
+            },
+            c.id,
+            c.client_id.as_str(),
+            c.status.as_str(),
+            c.name.as_ref().map_or("", |name| name.as_str()),
+        );
     }
     Ok(())
 }

@@ -8,13 +8,15 @@ use serde_json::Value;
 
 use crate::crypto::{CryptoError, Field, Keyring, Sealed};
 use crate::domain::{
-    AccessToken, ApiKeyId, ClientId, ClientSecret, Connection, ConnectionId, ConnectionPatch,
-    ConnectionStatus, MerchantToken, NewConnection, RefreshToken, SecretExpiry,
+    AccessToken, ApiKeyId, CLIENT_SECRET_GRACE, ClientId, ClientSecret, ClientSecrets, Connection,
+    ConnectionId, ConnectionPatch, ConnectionStatus, MerchantToken, NewConnection, RefreshToken,
+    SecretExpiry,
 };
 use crate::store::{
-    ConnectionFilter, ConnectionRow, IdempotencyRecord, Store, StoreError, StoredToken,
+    ConnectionFilter, ConnectionRow, IdempotencyRecord, PreviousSecret, Store, StoreError,
+    StoredToken,
 };
-use crate::tokens::TokenService;
+use crate::tokens::{TokenService, open_client_secrets};
 
 /// How often a PATCH re-reads and retries when another write lands between its read and
 /// its write.
@@ -120,6 +122,7 @@ impl Connections {
             client_secret: self.seal(id, Field::ClientSecret, new.client_secret.expose()),
             refresh_token: self.seal(id, Field::RefreshToken, new.refresh_token.expose()),
             access_token: None,
+            previous_client_secret: None,
             version: 1,
             connection,
         };
@@ -252,16 +255,14 @@ impl Connections {
         .await
     }
 
-    /// The connection's client secret, opened: for an exchange made on its behalf.
-    pub async fn client_secret(
+    /// The connection's client secrets, opened: for an exchange made on its behalf.
+    pub async fn client_secrets(
         &self,
         id: ConnectionId,
-    ) -> Result<(Connection, ClientSecret), ConnectionError> {
+    ) -> Result<(Connection, ClientSecrets), ConnectionError> {
         let row = self.store.get_connection(id).await?;
-        let secret = self
-            .keyring
-            .open(&id.to_string(), Field::ClientSecret, &row.client_secret)?;
-        Ok((row.connection, ClientSecret::from_stored(secret)))
+        let secrets = open_client_secrets(&self.keyring, &row, crate::domain::now())?;
+        Ok((row.connection, secrets))
     }
 
     /// Reads the row, applies `change` and writes it if anything changed, version-checked:
@@ -336,6 +337,12 @@ impl Connections {
                 self.keyring
                     .open(&id.to_string(), Field::ClientSecret, &row.client_secret)?;
             if current.expose_secret() != secret.expose() {
+                // Amazon accepts a replaced secret a while longer: kept for LWA to fall
+                // back on should the new one be refused meanwhile.
+                row.previous_client_secret = Some(PreviousSecret {
+                    sealed: row.client_secret.clone(),
+                    until: now + CLIENT_SECRET_GRACE,
+                });
                 row.client_secret = self.seal(id, Field::ClientSecret, secret.expose());
                 c.client_secret_hint = secret.hint();
                 c.client_secret_updated_at = now;
@@ -385,12 +392,13 @@ impl Connections {
 
 /// Whether a change is worth a write (an empty or same-value PATCH changes nothing, not
 /// even `updated_at`).
-fn changed(before: &ConnectionRow, after: &ConnectionRow) -> bool {
+pub(crate) fn changed(before: &ConnectionRow, after: &ConnectionRow) -> bool {
     let public = |row: &ConnectionRow| serde_json::to_value(&row.connection).ok();
     public(before) != public(after)
         || before.client_secret != after.client_secret
         || before.refresh_token != after.refresh_token
         || before.access_token != after.access_token
+        || before.previous_client_secret != after.previous_client_secret
 }
 
 fn warn_if_undocumented(secret: &ClientSecret) {

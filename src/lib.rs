@@ -5,6 +5,7 @@ pub mod amazon;
 pub mod api_keys;
 pub mod app;
 pub mod cli;
+pub mod client_secrets;
 pub mod commands;
 pub mod config;
 pub mod connection_test;

@@ -305,6 +305,11 @@ fn reseal_connection(
             .as_ref()
             .map(|sealed| reseal(Field::AccessToken, sealed))
             .transpose()?,
+        previous_client_secret: row
+            .previous_client_secret
+            .as_ref()
+            .map(|sealed| reseal(Field::ClientSecret, sealed))
+            .transpose()?,
     };
     Ok((new, count))
 }

@@ -243,14 +243,14 @@ impl WebsiteAuthorization {
         if taken.expires_at <= now() {
             return Err(CallbackError::StateExpired { connection_id });
         }
-        let (connection, client_secret) = match self.connections.client_secret(connection_id).await
-        {
-            Ok(found) => found,
-            Err(ConnectionError::NotFound) => {
-                return Err(CallbackError::ConnectionGone { connection_id });
-            }
-            Err(err) => return Err(CallbackError::Internal(err.into())),
-        };
+        let (connection, client_secrets) =
+            match self.connections.client_secrets(connection_id).await {
+                Ok(found) => found,
+                Err(ConnectionError::NotFound) => {
+                    return Err(CallbackError::ConnectionGone { connection_id });
+                }
+                Err(err) => return Err(CallbackError::Internal(err.into())),
+            };
         if connection.merchant_token.as_str() != selling_partner_id {
             tracing::warn!(
                 %connection_id,
@@ -263,7 +263,7 @@ impl WebsiteAuthorization {
             .lwa
             .authorization_code(
                 &connection.client_id,
-                &client_secret,
+                &client_secrets,
                 &code,
                 urls.redirect_uri.as_str(),
             )

@@ -20,7 +20,8 @@ use serde::Deserialize;
 
 use super::answer::{ReadError, Scrubber, describe_transport_error, read_bounded, retry_after};
 use crate::domain::{
-    AccessToken, AuthorizationCode, ClientId, ClientSecret, MAX_TOKEN_LEN, RefreshToken, now,
+    AccessToken, AuthorizationCode, ClientId, ClientSecret, ClientSecrets, MAX_TOKEN_LEN,
+    RefreshToken, now,
 };
 
 /// Timeouts and retry policy for the token exchange.
@@ -94,6 +95,16 @@ pub struct LwaClient {
     settings: LwaSettings,
 }
 
+/// What an exchange asks LWA for.
+enum GrantRequest<'a> {
+    Refresh(&'a RefreshToken),
+    ClientCredentials(&'a str),
+    AuthorizationCode {
+        code: &'a AuthorizationCode,
+        redirect_uri: &'a str,
+    },
+}
+
 /// One attempt's failure: retry it or not.
 enum Attempt {
     Retry(LwaError),
@@ -120,16 +131,10 @@ impl LwaClient {
     pub async fn refresh(
         &self,
         client_id: &ClientId,
-        client_secret: &ClientSecret,
+        secrets: &ClientSecrets,
         refresh_token: &RefreshToken,
     ) -> Result<LwaGrant, LwaError> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose()),
-            ("client_id", client_id.as_str()),
-            ("client_secret", client_secret.expose()),
-        ];
-        self.exchange(&form, &[client_secret.expose(), refresh_token.expose()])
+        self.with_fallback(client_id, secrets, &GrantRequest::Refresh(refresh_token))
             .await
     }
 
@@ -139,16 +144,11 @@ impl LwaClient {
     pub async fn client_credentials(
         &self,
         client_id: &ClientId,
-        client_secret: &ClientSecret,
+        secrets: &ClientSecrets,
         scope: &str,
     ) -> Result<LwaGrant, LwaError> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("scope", scope),
-            ("client_id", client_id.as_str()),
-            ("client_secret", client_secret.expose()),
-        ];
-        self.exchange(&form, &[client_secret.expose()]).await
+        self.with_fallback(client_id, secrets, &GrantRequest::ClientCredentials(scope))
+            .await
     }
 
     /// Exchanges the `spapi_oauth_code` of a website authorization for the seller's
@@ -158,19 +158,72 @@ impl LwaClient {
     pub async fn authorization_code(
         &self,
         client_id: &ClientId,
-        client_secret: &ClientSecret,
+        secrets: &ClientSecrets,
         code: &AuthorizationCode,
         redirect_uri: &str,
     ) -> Result<LwaGrant, LwaError> {
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code.expose()),
-            ("redirect_uri", redirect_uri),
+        let request = GrantRequest::AuthorizationCode { code, redirect_uri };
+        self.with_fallback(client_id, secrets, &request).await
+    }
+
+    /// One exchange with the current secret and, if LWA refuses that as `invalid_client`
+    /// while a replaced secret is in its grace, one more with that one: a new secret
+    /// stored too early, or wrongly, does not stop the application.
+    async fn with_fallback(
+        &self,
+        client_id: &ClientId,
+        secrets: &ClientSecrets,
+        request: &GrantRequest<'_>,
+    ) -> Result<LwaGrant, LwaError> {
+        let first = self
+            .exchange_with(client_id, &secrets.current, request)
+            .await;
+        let (Err(LwaError::InvalidClient { .. }), Some(previous)) = (&first, &secrets.previous)
+        else {
+            return first;
+        };
+        let second = self.exchange_with(client_id, previous, request).await;
+        if second.is_ok() {
+            tracing::warn!(
+                client_id = %client_id,
+                "LWA refused the client secret; the one it replaced, still in its grace \
+                 period, was accepted. Store the application's current secret before that \
+                 grace ends"
+            );
+            metrics::counter!("registry_lwa_previous_secret_used_total").increment(1);
+        }
+        second
+    }
+
+    async fn exchange_with(
+        &self,
+        client_id: &ClientId,
+        secret: &ClientSecret,
+        request: &GrantRequest<'_>,
+    ) -> Result<LwaGrant, LwaError> {
+        let mut form = vec![
             ("client_id", client_id.as_str()),
-            ("client_secret", client_secret.expose()),
+            ("client_secret", secret.expose()),
         ];
-        self.exchange(&form, &[client_secret.expose(), code.expose()])
-            .await
+        let mut sent = vec![secret.expose()];
+        match request {
+            GrantRequest::Refresh(refresh_token) => {
+                form.push(("grant_type", "refresh_token"));
+                form.push(("refresh_token", refresh_token.expose()));
+                sent.push(refresh_token.expose());
+            }
+            GrantRequest::ClientCredentials(scope) => {
+                form.push(("grant_type", "client_credentials"));
+                form.push(("scope", scope));
+            }
+            GrantRequest::AuthorizationCode { code, redirect_uri } => {
+                form.push(("grant_type", "authorization_code"));
+                form.push(("code", code.expose()));
+                form.push(("redirect_uri", redirect_uri));
+                sent.push(code.expose());
+            }
+        }
+        self.exchange(&form, &sent).await
     }
 
     /// Posts `form` to the token endpoint, retrying transient failures; `secrets` are

@@ -152,6 +152,22 @@ impl SpApiClient {
         parse_restricted_data_token(&body)
     }
 
+    /// Asks Amazon for a new client secret of the application whose grantless token
+    /// (scope `sellingpartnerapi::client_credential:rotation`) is `token`. Amazon answers
+    /// 204 and delivers the secret only by notification; an application not subscribed
+    /// to that notification gets 400 `InvalidInput`.
+    pub async fn rotate_client_secret(
+        &self,
+        endpoint: &SpApiEndpoint,
+        token: &AccessToken,
+    ) -> Result<(), SpApiError> {
+        let url = format!(
+            "{}/applications/2023-11-30/clientSecret",
+            endpoint.sp_api_endpoint
+        );
+        self.send(self.http.post(url), token).await.map(drop)
+    }
+
     async fn get(
         &self,
         endpoint: &SpApiEndpoint,

@@ -51,6 +51,23 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// An application's client secret, with the one it replaced while Amazon may still
+/// accept that one (for 7 days after a rotation).
+#[derive(Clone, Debug)]
+pub struct ClientSecrets {
+    pub current: ClientSecret,
+    pub previous: Option<ClientSecret>,
+}
+
+impl ClientSecrets {
+    pub fn only(current: ClientSecret) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+}
+
 /// LWA client secret. Debug prints a redaction; the memory is zeroed on drop.
 #[derive(Clone)]
 pub struct ClientSecret(SecretString);

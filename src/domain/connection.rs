@@ -11,6 +11,27 @@ use super::{
 /// Amazon expires LWA client secrets after 180 days.
 pub const CLIENT_SECRET_LIFETIME: Duration = Duration::days(180);
 
+/// A period such as `14d` or `36h` (up to a year): how far ahead to look for client
+/// secrets that expire.
+pub fn parse_period(input: &str) -> Result<Duration, ParseError> {
+    let refuse =
+        || ParseError::new("must be a number of days or hours like `14d` or `36h`, up to a year");
+    let (number, unit) = input.split_at(input.len().saturating_sub(1));
+    let number: i64 = number.parse().map_err(|_| refuse())?;
+    let period = match unit {
+        "d" => Duration::days(number),
+        "h" => Duration::hours(number),
+        _ => return Err(refuse()),
+    };
+    if number < 1 || period > Duration::days(366) {
+        return Err(refuse());
+    }
+    Ok(period)
+}
+
+/// How long Amazon keeps accepting a client secret after a new one was issued.
+pub const CLIENT_SECRET_GRACE: Duration = Duration::days(7);
+
 /// A display name: 1–200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

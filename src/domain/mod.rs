@@ -6,21 +6,26 @@ mod api_key;
 mod connection;
 mod id;
 mod marketplace;
+mod notification;
 mod oauth;
 mod region;
 mod restricted;
 mod token;
 
 pub use amazon_ids::{
-    ApplicationId, ClientId, ClientSecret, MAX_TOKEN_LEN, MerchantToken, RefreshToken,
+    ApplicationId, ClientId, ClientSecret, ClientSecrets, MAX_TOKEN_LEN, MerchantToken,
+    RefreshToken,
 };
 pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyName, ApiKeyToken, Scope};
 pub use connection::{
-    Connection, ConnectionName, ConnectionPatch, ConnectionStatus, LastError, NewConnection,
-    SecretExpiry,
+    CLIENT_SECRET_GRACE, Connection, ConnectionName, ConnectionPatch, ConnectionStatus, LastError,
+    NewConnection, SecretExpiry, parse_period,
 };
 pub use id::{ApiKeyId, ConnectionId, ResourceId};
 pub use marketplace::{MARKETPLACES, Marketplace};
+pub use notification::{
+    NEW_SECRET, NotificationId, SECRET_EXPIRY, SecretNotice, SpApiNotification,
+};
 pub use oauth::{AuthorizationCode, OAuthStateToken};
 pub use region::{AccountType, Environment, Region};
 pub use restricted::{

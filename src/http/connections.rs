@@ -19,7 +19,7 @@ use crate::connections::IdempotencyKey;
 use crate::domain::{
     AccountType, ApplicationId, ClientId, ClientSecret, Connection, ConnectionId, ConnectionName,
     ConnectionPatch, ConnectionStatus, Environment, MerchantToken, NewConnection, ParseError,
-    RefreshToken, Region,
+    RefreshToken, Region, parse_period,
 };
 use crate::store::ConnectionFilter;
 
@@ -68,6 +68,9 @@ async fn list(
         region: query.optional("region", string(Region::parse)),
         environment: query.optional("environment", string(Environment::parse)),
         merchant_token: query.optional("merchant_token", string(MerchantToken::parse)),
+        client_secret_expires_before: query
+            .optional("client_secret_expires_within", string(parse_period))
+            .map(|period| crate::domain::now() + period),
     };
     query.finish()?;
     let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE) as u32;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::amazon::lwa::LwaError;
 use crate::amazon::spapi::SpApiError;
 use crate::api_keys::ApiKeyError;
+use crate::client_secrets::SecretError;
 use crate::connection_test::TestError;
 use crate::connections::ConnectionError;
 use crate::crypto::CryptoError;
@@ -473,5 +474,33 @@ pub fn callback_failure(err: &CallbackError) -> (StatusCode, &'static str, Strin
             "internal",
             format!("Something went wrong on our side. {again}"),
         ),
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(err: SecretError) -> Self {
+        let detail = err.to_string();
+        match err {
+            SecretError::UnknownClient => Self::NotFound("client id"),
+            SecretError::KeptChanging => Self::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "concurrent_update",
+                detail,
+                retry_after_secs: 1,
+            },
+            SecretError::Token(err) => Self::from_authorization(err),
+            // Amazon's 400 here is about the application (not enrolled for the
+            // notification that carries the new secret): the caller's to fix.
+            SecretError::SpApi(err) => spapi_error(
+                &err,
+                format!(
+                    "{detail}. Rotation needs the application subscribed to \
+                     APPLICATION_OAUTH_CLIENT_NEW_SECRET notifications"
+                ),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            SecretError::Store(err) => err.into(),
+            SecretError::Crypto(err) => err.into(),
+        }
     }
 }

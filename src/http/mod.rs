@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, merged here under shared layers.
 
 mod api_keys;
+mod client_secrets;
 mod connections;
 pub mod error;
 mod extract;
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(spapi::router())
         .merge(oauth::router())
+        .merge(client_secrets::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

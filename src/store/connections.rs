@@ -22,7 +22,7 @@ impl Store {
             "INSERT INTO connections (",
             connection_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+             $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
         );
         let remember = "INSERT INTO idempotency_keys \
             (api_key_id, key, request_hash, connection_id, response, created_at) \
@@ -94,6 +94,7 @@ impl Store {
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR region = $2) \
                AND ($3 IS NULL OR environment = $3) AND ($4 IS NULL OR merchant_token = $4) \
                AND ($5 IS NULL OR id > $5) \
+               AND ($7 IS NULL OR client_secret_expires_at < $7) \
              ORDER BY id LIMIT $6"
         );
         let rows: Vec<ConnectionColumns> = on_pool!(self, pool => sqlx::query_as(sql)
@@ -103,6 +104,7 @@ impl Store {
             .bind(filter.merchant_token.as_ref().map(MerchantToken::as_str))
             .bind(filter.after.map(|id| id.as_uuid()))
             .bind(i64::from(limit))
+            .bind(filter.client_secret_expires_before)
             .fetch_all(pool)
             .await)?;
         rows.into_iter().map(TryInto::try_into).collect()

@@ -24,9 +24,10 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
+pub use client_secrets::NotificationRecord;
 pub use grantless::{GrantlessKey, GrantlessLease, grantless_owner};
 pub use oauth::OAuthState;
-pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, StoredToken};
+pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, PreviousSecret, StoredToken};
 pub use sealed::{SealedConnection, SealedGrantless};
 pub use tokens::{Change, ChangeListener, TokenFacts, TokenLease};
 
@@ -101,6 +102,8 @@ pub struct ConnectionFilter {
     pub region: Option<Region>,
     pub environment: Option<Environment>,
     pub merchant_token: Option<MerchantToken>,
+    /// Only connections whose client secret expires before this.
+    pub client_secret_expires_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Only ids after this one (the cursor).
     pub after: Option<ConnectionId>,
 }
@@ -153,11 +156,13 @@ macro_rules! connection_columns {
     client_secret_expires_at_estimated, client_secret_updated_at, refresh_token, \
     merchant_token, application_id, marketplace_ids, status, last_error_code, \
     last_error_message, last_error_at, authorized_at, last_tested_at, access_token, \
-    access_token_fetched_at, access_token_expires_at, version, created_at, updated_at"
+    access_token_fetched_at, access_token_expires_at, version, created_at, updated_at, \
+    previous_client_secret, previous_client_secret_until"
     };
 }
 
 mod api_keys;
+mod client_secrets;
 mod connections;
 mod grantless;
 mod oauth;
@@ -185,7 +190,8 @@ const UPDATE_CONNECTION: &str = "UPDATE connections SET name = $2, account_type 
     status = $16, last_error_code = $17, last_error_message = $18, last_error_at = $19, \
     authorized_at = $20, last_tested_at = $21, access_token = $22, \
     access_token_fetched_at = $23, access_token_expires_at = $24, version = $25, \
-    created_at = $26, updated_at = $27 \
+    created_at = $26, updated_at = $27, previous_client_secret = $28, \
+    previous_client_secret_until = $29 \
     WHERE id = $1 AND version = $25 - 1";
 
 impl Store {

@@ -21,8 +21,17 @@ pub struct ConnectionRow {
     pub refresh_token: Sealed,
     /// The access token shared by every replica.
     pub access_token: Option<StoredToken>,
+    /// The client secret a new one replaced, while Amazon may still accept it.
+    pub previous_client_secret: Option<PreviousSecret>,
     /// Bumped by every write; an update only lands on the version it read.
     pub version: i64,
+}
+
+/// A replaced client secret, sealed, and when its grace ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub sealed: Sealed,
+    pub until: DateTime<Utc>,
 }
 
 /// A sealed access token with its lifetime, as stored for every replica to use.
@@ -116,6 +125,8 @@ pub(super) struct ConnectionColumns {
     version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    previous_client_secret: Option<String>,
+    previous_client_secret_until: Option<DateTime<Utc>>,
 }
 
 impl From<&ConnectionRow> for ConnectionColumns {
@@ -152,6 +163,14 @@ impl From<&ConnectionRow> for ConnectionColumns {
             version: row.version,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            previous_client_secret: row
+                .previous_client_secret
+                .as_ref()
+                .map(|previous| previous.sealed.as_str().to_owned()),
+            previous_client_secret_until: row
+                .previous_client_secret
+                .as_ref()
+                .map(|previous| previous.until),
         }
     }
 }
@@ -212,17 +231,26 @@ impl TryFrom<ConnectionColumns> for ConnectionRow {
             created_at: c.created_at,
             updated_at: c.updated_at,
         };
+        let previous_client_secret =
+            match (c.previous_client_secret, c.previous_client_secret_until) {
+                (Some(sealed), Some(until)) => Some(PreviousSecret {
+                    sealed: Sealed::from_stored(sealed),
+                    until,
+                }),
+                _ => None,
+            };
         Ok(ConnectionRow {
             connection,
             client_secret: Sealed::from_stored(c.client_secret),
             refresh_token: Sealed::from_stored(c.refresh_token),
             access_token,
+            previous_client_secret,
             version: c.version,
         })
     }
 }
 
-/// Binds every column, in `CONNECTION_COLUMNS` order, as `$1`…`$27`.
+/// Binds every column, in `CONNECTION_COLUMNS` order, as `$1`…`$29`.
 pub(super) fn bind_connection<'q, DB>(
     query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>,
     c: ConnectionColumns,
@@ -266,6 +294,8 @@ where
         .bind(c.version)
         .bind(c.created_at)
         .bind(c.updated_at)
+        .bind(c.previous_client_secret)
+        .bind(c.previous_client_secret_until)
 }
 
 #[derive(sqlx::FromRow)]

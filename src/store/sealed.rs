@@ -12,8 +12,9 @@ use crate::crypto::Sealed;
 use crate::domain::ConnectionId;
 
 /// The sealed columns: (table, column).
-const SEALED_COLUMNS: [(&str, &str); 4] = [
+const SEALED_COLUMNS: [(&str, &str); 5] = [
     ("connections", "client_secret"),
+    ("connections", "previous_client_secret"),
     ("connections", "refresh_token"),
     ("connections", "access_token"),
     ("grantless_tokens", "access_token"),
@@ -34,6 +35,7 @@ pub struct SealedConnection {
     pub client_secret: Sealed,
     pub refresh_token: Sealed,
     pub access_token: Option<Sealed>,
+    pub previous_client_secret: Option<Sealed>,
 }
 
 /// One grantless token's ciphertext, with what names its owner.
@@ -45,7 +47,7 @@ pub struct SealedGrantless {
     pub access_token: Sealed,
 }
 
-type ConnectionCiphertexts = (Uuid, i64, String, String, Option<String>);
+type ConnectionCiphertexts = (Uuid, i64, String, String, Option<String>, Option<String>);
 
 impl Store {
     /// How many stored ciphertexts `key_id` made, over every sealed column.
@@ -85,11 +87,13 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<SealedConnection>, StoreError> {
         let (prefix, len) = prefix(key_id);
-        let sql = "SELECT id, version, client_secret, refresh_token, access_token \
+        let sql = "SELECT id, version, client_secret, refresh_token, access_token, \
+                          previous_client_secret \
                    FROM connections \
                    WHERE id > $1 AND (substr(client_secret, 1, $3) <> $2 \
                      OR substr(refresh_token, 1, $3) <> $2 \
-                     OR substr(access_token, 1, $3) <> $2) \
+                     OR substr(access_token, 1, $3) <> $2 \
+                     OR substr(previous_client_secret, 1, $3) <> $2) \
                    ORDER BY id LIMIT $4";
         let rows: Vec<ConnectionCiphertexts> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(after.map_or(Uuid::nil(), |id| id.as_uuid()))
@@ -101,12 +105,15 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(id, version, client_secret, refresh_token, access_token)| SealedConnection {
-                    id: ConnectionId::from(id),
-                    version,
-                    client_secret: Sealed::from_stored(client_secret),
-                    refresh_token: Sealed::from_stored(refresh_token),
-                    access_token: access_token.map(Sealed::from_stored),
+                |(id, version, client_secret, refresh_token, access_token, previous)| {
+                    SealedConnection {
+                        id: ConnectionId::from(id),
+                        version,
+                        client_secret: Sealed::from_stored(client_secret),
+                        refresh_token: Sealed::from_stored(refresh_token),
+                        access_token: access_token.map(Sealed::from_stored),
+                        previous_client_secret: previous.map(Sealed::from_stored),
+                    }
                 },
             )
             .collect())
@@ -122,7 +129,7 @@ impl Store {
     ) -> Result<Vec<bool>, StoreError> {
         let sql = "UPDATE connections \
                    SET client_secret = $1, refresh_token = $2, access_token = $3, \
-                       version = version + 1 \
+                       previous_client_secret = $6, version = version + 1 \
                    WHERE id = $4 AND version = $5";
         let written = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -134,6 +141,7 @@ impl Store {
                     .bind(row.access_token.as_ref().map(Sealed::as_str))
                     .bind(row.id.as_uuid())
                     .bind(row.version)
+                    .bind(row.previous_client_secret.as_ref().map(Sealed::as_str))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

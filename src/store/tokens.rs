@@ -25,12 +25,12 @@ const CLAIM_LEASE: &str = concat!(
     connection_columns!()
 );
 
-/// `UPDATE_CONNECTION`, only while `$28` holds the lease, which it gives up.
+/// `UPDATE_CONNECTION`, only while `$30` holds the lease, which it gives up.
 static WRITE_UNDER_LEASE: LazyLock<String> = LazyLock::new(|| {
     UPDATE_CONNECTION.replace(
         " WHERE id = $1",
         ", token_lease_until = NULL, token_lease_holder = NULL \
-         WHERE token_lease_holder = $28 AND id = $1",
+         WHERE token_lease_holder = $30 AND id = $1",
     )
 });
 

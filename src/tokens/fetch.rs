@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 
 use super::{Grant, Need, TokenError, TokenService};
 use crate::amazon::lwa::{LwaError, LwaGrant};
-use crate::crypto::{Field, Sealed};
+use crate::crypto::{CryptoError, Field, Keyring, Sealed};
 use crate::domain::{
-    AccessToken, ClientSecret, ConnectionId, ConnectionStatus, LastError, RefreshToken, now,
+    AccessToken, ClientSecret, ClientSecrets, ConnectionId, ConnectionStatus, LastError,
+    RefreshToken, now,
 };
 use crate::store::{ConnectionRow, StoreError, StoredToken};
 
@@ -79,13 +80,13 @@ async fn fetch(
         }
     }
 
-    let client_secret =
-        ClientSecret::from_stored(open(service, id, Field::ClientSecret, &row.client_secret)?);
+    let client_secrets =
+        open_client_secrets(&inner.keyring, &row, now).map_err(TokenError::Crypto)?;
     let refresh_token =
         RefreshToken::from_stored(open(service, id, Field::RefreshToken, &row.refresh_token)?);
     let exchanged = inner
         .lwa
-        .refresh(&row.connection.client_id, &client_secret, &refresh_token)
+        .refresh(&row.connection.client_id, &client_secrets, &refresh_token)
         .await;
     let sent_refresh_token = row.refresh_token.clone();
     let outcome = record_exchange(service, &mut row, &refresh_token, exchanged, need, now);
@@ -217,6 +218,28 @@ fn settle_without_lwa(
     )?;
     let token = AccessToken::new(secret, stored.fetched_at, stored.expires_at);
     Ok(Some(grant(service, row, token, now)))
+}
+
+/// A connection's client secret, opened, with the one it replaced while that one's grace
+/// lasts.
+pub(crate) fn open_client_secrets(
+    keyring: &Keyring,
+    row: &ConnectionRow,
+    now: DateTime<Utc>,
+) -> Result<ClientSecrets, CryptoError> {
+    let owner = row.connection.id.to_string();
+    let current = keyring.open(&owner, Field::ClientSecret, &row.client_secret)?;
+    let previous =
+        match &row.previous_client_secret {
+            Some(previous) if previous.until > now => Some(ClientSecret::from_stored(
+                keyring.open(&owner, Field::ClientSecret, &previous.sealed)?,
+            )),
+            _ => None,
+        };
+    Ok(ClientSecrets {
+        current: ClientSecret::from_stored(current),
+        previous,
+    })
 }
 
 pub(super) fn open(

@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::fetch::{grant, open};
+use super::fetch::{grant, open_client_secrets};
 use super::{Grant, Need, Served, TokenError, TokenService, count_served};
 use crate::amazon::lwa::LwaError;
 use crate::crypto::Field;
 use crate::domain::{
-    AccessToken, ClientSecret, ConnectionId, ConnectionStatus, GrantlessScope, now,
+    AccessToken, ClientSecret, ClientSecrets, ConnectionId, ConnectionStatus, GrantlessScope, now,
 };
 use crate::store::{GrantlessKey, StoreError, StoredToken};
 
@@ -68,12 +68,12 @@ impl TokenService {
             fetched_since: force_refresh.then(|| now - self.inner.settings.force_refresh_min_age),
             ignore_status: false,
         };
-        let secret =
-            ClientSecret::from_stored(open(self, id, Field::ClientSecret, &row.client_secret)?);
+        let secrets =
+            open_client_secrets(&self.inner.keyring, &row, now).map_err(TokenError::Crypto)?;
         let key = GrantlessKey {
             client_id: row.connection.client_id.clone(),
             scope,
-            secret_fingerprint: fingerprint(&secret),
+            secret_fingerprint: fingerprint(&secrets.current),
         };
         let cached = self
             .inner
@@ -83,7 +83,7 @@ impl TokenService {
         let (token, served) = match cached {
             Some(token) => (token, Served::Memory),
             None => (
-                self.fetch_grantless(key, secret, need).await?,
+                self.fetch_grantless(key, secrets, need).await?,
                 Served::Fetched,
             ),
         };
@@ -96,13 +96,13 @@ impl TokenService {
     async fn fetch_grantless(
         &self,
         key: GrantlessKey,
-        client_secret: ClientSecret,
+        client_secrets: ClientSecrets,
         need: Need,
     ) -> Result<Arc<AccessToken>, TokenError> {
-        let client_secret = Arc::new(client_secret);
+        let client_secrets = Arc::new(client_secrets);
         for _ in 0..2 {
             let flight = self.inner.grantless_flights.join_or_start(key.clone(), || {
-                fetch(self.clone(), key.clone(), client_secret.clone(), need)
+                fetch(self.clone(), key.clone(), client_secrets.clone(), need)
             });
             let token = flight.await?;
             if need.accepts_token(&token, now()) {
@@ -120,7 +120,7 @@ impl TokenService {
 async fn fetch(
     service: TokenService,
     key: GrantlessKey,
-    client_secret: Arc<ClientSecret>,
+    client_secrets: Arc<ClientSecrets>,
     need: Need,
 ) -> Result<Arc<AccessToken>, TokenError> {
     let inner = &service.inner;
@@ -151,7 +151,7 @@ async fn fetch(
     }
     match inner
         .lwa
-        .client_credentials(client_id, &client_secret, scope.as_str())
+        .client_credentials(client_id, &client_secrets, scope.as_str())
         .await
     {
         Ok(lwa_grant) => {

@@ -30,6 +30,7 @@ use crate::domain::{
 };
 use crate::store::{Store, StoreError};
 use cache::Cache;
+pub(crate) use fetch::open_client_secrets;
 use flight::Flights;
 pub use restricted::RestrictedDataToken;
 pub use settings::TokenSettings;

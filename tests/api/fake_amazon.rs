@@ -87,6 +87,15 @@ pub(crate) struct FakeState {
     authorization_codes: Mutex<HashMap<String, CodeGrant>>,
     /// `grant_type=authorization_code` requests.
     code_exchanges: AtomicUsize,
+    /// Grantless token → the client id and secret it was issued to.
+    pub(crate) grantless_owners: Mutex<HashMap<String, (String, String)>>,
+    /// Secrets replaced by a rotation: accepted until `end_grace`.
+    pub(crate) rotated_away: Mutex<Vec<String>>,
+    /// Notifications Amazon would have sent (to SQS), oldest first.
+    pub(crate) notifications: Mutex<Vec<Value>>,
+    /// The application is not subscribed to the new-secret notification: rotation is
+    /// refused with 400 `InvalidInput`.
+    pub(crate) rotation_not_enrolled: std::sync::atomic::AtomicBool,
 }
 
 /// What a seller's consent produced: exchanged once, with this redirect URI, for this
@@ -261,6 +270,26 @@ impl FakeLwa {
         crate::logs::secret(code)
     }
 
+    /// The notifications Amazon sent since the last call (an operator's queue consumer
+    /// would forward them).
+    pub fn take_notifications(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.state.notifications.lock().unwrap())
+    }
+
+    /// Seven days pass: LWA refuses the secrets rotations replaced.
+    pub fn end_grace(&self) {
+        let retired = self.state.rotated_away.lock().unwrap().clone();
+        self.state.refused_secrets.lock().unwrap().extend(retired);
+    }
+
+    /// From now on the application is not enrolled for rotation (no subscription to the
+    /// new-secret notification).
+    pub fn refuse_rotation(&self) {
+        self.state
+            .rotation_not_enrolled
+            .store(true, Ordering::SeqCst);
+    }
+
     /// `grant_type=authorization_code` requests received.
     pub fn code_exchanges(&self) -> usize {
         self.state.code_exchanges.load(Ordering::SeqCst)
@@ -348,6 +377,10 @@ fn grantless(state: &FakeState, params: &HashMap<String, String>) -> Response {
         .lock()
         .unwrap()
         .insert(access_token.clone(), format!("grantless {scope}"));
+    state.grantless_owners.lock().unwrap().insert(
+        access_token.clone(),
+        (params["client_id"].clone(), secret.clone()),
+    );
     axum::Json(json!({
         "access_token": access_token,
         "token_type": "bearer",
@@ -490,7 +523,11 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
         .lock()
         .unwrap()
         .contains(&refresh_token);
+    let secret_refused = params
+        .get("client_secret")
+        .is_some_and(|secret| state.refused_secrets.lock().unwrap().contains(secret));
     let mode = match state.mode.lock().unwrap().unwrap_or(LwaMode::Issue) {
+        _ if secret_refused => LwaMode::InvalidClient,
         _ if refused => LwaMode::InvalidGrant,
         mode => mode,
     };

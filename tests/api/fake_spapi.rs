@@ -106,6 +106,69 @@ pub(crate) fn routes() -> Router<Arc<FakeState>> {
             "/tokens/2021-03-01/restrictedDataToken",
             axum::routing::post(restricted_data_token),
         )
+        .route(
+            "/applications/2023-11-30/clientSecret",
+            axum::routing::post(rotate_client_secret),
+        )
+}
+
+/// The Application Management API's rotation: with a grantless rotation token, a new
+/// secret for the token's application, delivered only as a notification; the old one is
+/// accepted until `end_grace`.
+async fn rotate_client_secret(State(state): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
+    state.spapi.calls.fetch_add(1, Ordering::SeqCst);
+    state.spapi.seen.lock().unwrap().push((
+        "/applications/2023-11-30/clientSecret".to_owned(),
+        HashMap::new(),
+    ));
+    if let Some(refusal) = refused(&state, &headers) {
+        return refusal;
+    }
+    let token = headers["x-amz-access-token"].to_str().unwrap().to_owned();
+    if state.issued_for(&token).as_deref()
+        != Some("grantless sellingpartnerapi::client_credential:rotation")
+    {
+        return error(StatusCode::FORBIDDEN, "Unauthorized", DENIED, "");
+    }
+    if state.rotation_not_enrolled.load(Ordering::SeqCst) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "InvalidInput",
+            "Application is not subscribed to APPLICATION_OAUTH_CLIENT_NEW_SECRET notification.",
+            "",
+        );
+    }
+    let (client_id, old_secret) = state.grantless_owners.lock().unwrap()[&token].clone();
+    let new_secret = crate::logs::secret(format!(
+        "amzn1.oa2-cs.v1.{}",
+        uuid::Uuid::new_v4().simple().to_string().repeat(2)
+    ));
+    state.rotated_away.lock().unwrap().push(old_secret);
+    let now = chrono::Utc::now();
+    let at = |days| {
+        (now + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    state.notifications.lock().unwrap().push(json!({
+        "notificationVersion": "1.0",
+        "notificationType": "APPLICATION_OAUTH_CLIENT_NEW_SECRET",
+        "payloadVersion": "2023-11-30",
+        "eventTime": at(0),
+        "payload": {
+            "applicationOAuthClientNewSecret": {
+                "clientId": client_id,
+                "newClientSecret": new_secret,
+                "newClientSecretExpiryTime": at(180),
+                "oldClientSecretExpiryTime": at(7),
+            }
+        },
+        "notificationMetadata": {
+            "applicationId": "amzn1.sp.solution.1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9",
+            "subscriptionId": "7d4f1f2e-5a3b-4c6d-8e9f-0a1b2c3d4e5f",
+            "publishTime": at(0),
+            "notificationId": uuid::Uuid::new_v4().to_string(),
+        }
+    }));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Clone, Copy)]

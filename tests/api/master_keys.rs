@@ -83,12 +83,22 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
     let db = TestDb::new(backend).await;
     let app = server(&db, &fake, MASTER_KEYS).await.unwrap();
     let ids = connections(&app, 12).await;
+    // One connection got a new secret: the one it replaced is kept, sealed, for its grace.
+    let response = app
+        .patch(
+            &format!("/connections/{}", ids[11]),
+            ADMIN_KEY,
+            &json!({"client_secret": client_secret(111)}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
     for id in &ids {
         token_ok(&app, id, "").await;
     }
     token_ok(&app, &ids[0], NOTIFICATIONS).await;
-    // 12 client secrets, 12 refresh tokens, 12 access tokens, 1 grantless token.
-    assert_eq!(status(&db, MASTER_KEYS).await, [("k1".into(), true, 37)]);
+    // 12 client secrets, 1 replaced one, 12 refresh tokens, 12 access tokens, 1 grantless
+    // token.
+    assert_eq!(status(&db, MASTER_KEYS).await, [("k1".into(), true, 38)]);
 
     let k2 = generate(&db, "k2").await;
     let both = format!("{k2},{MASTER_KEYS}");
@@ -97,7 +107,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
     // The new replica seals with k2 from now on; nothing stored moved yet.
     assert_eq!(
         status(&db, &both).await,
-        [("k2".into(), true, 0), ("k1".into(), true, 37)]
+        [("k2".into(), true, 0), ("k1".into(), true, 38)]
     );
 
     // Workers keep asking while the rewrap runs, in small batches; every other request
@@ -142,7 +152,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
         .and_then(|rest| rest.split_once(' '))
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("{run}"));
-    assert!((24..=37).contains(&rewrapped), "{run}");
+    assert!((26..=38).contains(&rewrapped), "{run}");
     assert!(
         run.stdout.ends_with(
             " secrets with key `k2`\n\
@@ -159,7 +169,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
     }
     assert_eq!(
         status(&db, &both).await,
-        [("k2".into(), true, 37), ("k1".into(), true, 0)]
+        [("k2".into(), true, 38), ("k1".into(), true, 0)]
     );
     let again = cli_with_keys(&db, &both, &["keys", "rewrap"]).await;
     again.assert_succeeded("a second rewrap");
@@ -177,7 +187,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
     // Without k1: the start forgets it, and everything opens with k2.
     app.stop().await;
     let app = server(&db, &fake, &k2).await.unwrap();
-    assert_eq!(status(&db, &k2).await, [("k2".into(), true, 37)]);
+    assert_eq!(status(&db, &k2).await, [("k2".into(), true, 38)]);
     let calls = fake.calls();
     assert!(
         calls > 12 + 30,
@@ -214,15 +224,15 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 
-    // k1 alone cannot start any more: k2 seals everything (36: the new secret dropped
-    // one stored access token).
+    // k1 alone cannot start any more: k2 seals everything (still 38: the new secret
+    // dropped one stored access token and kept the secret it replaced).
     app.stop().await;
     let Err(refused) = server(&db, &fake, MASTER_KEYS).await else {
         panic!("a start without the key that seals everything must fail");
     };
     assert_eq!(
         refused.to_string(),
-        "REGISTRY_MASTER_KEYS: 36 stored secrets are encrypted with key `k2`, which is not \
+        "REGISTRY_MASTER_KEYS: 38 stored secrets are encrypted with key `k2`, which is not \
          configured; add it back after the current key, and remove it only once \
          `connection-registry keys rewrap` has re-encrypted them"
     );

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
-    ADMIN_KEY, APPLICATION_ID, Backend, TestApp, connection_body, problem, spawn_with_amazon,
+    ADMIN_KEY, APPLICATION_ID, Backend, CLIENT_ID, TestApp, client_secret, connection_body,
+    problem, spawn_with_amazon,
 };
 
 both_backends!(every_route_answers_each_caller_as_its_scope_allows);
@@ -60,6 +61,9 @@ fn routes() -> Vec<Route> {
         route(Method::POST, "/connections/{connection}/restricted-data-token", StatusCode::OK, "tokens:read", true, [U, U, Y, F, F, Y]),
         // Stores a state, which the admin's view does not show (website_auth.rs counts them).
         route(Method::POST, "/connections/{connection}/authorization-url", StatusCode::OK, "connections:write", false, [U, U, F, F, Y, Y]),
+        route(Method::PUT, "/client-secrets/{client_id}", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
+        route(Method::POST, "/client-secrets/{client_id}/rotate", StatusCode::ACCEPTED, "connections:write", true, [U, U, F, F, Y, Y]),
+        route(Method::POST, "/notifications/sp-api", StatusCode::OK, "admin", true, [U, U, F, F, F, Y]),
         // The seller's browser has no key; without Amazon's parameters it is a bad request.
         route(Method::GET, "/oauth/callback", StatusCode::BAD_REQUEST, "", false, [Y, Y, Y, Y, Y, Y]),
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
@@ -109,13 +113,23 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
             let path = route
                 .path
                 .replace("{connection}", connection["id"].as_str().unwrap())
-                .replace("{api_key}", &doomed_key_id);
+                .replace("{api_key}", &doomed_key_id)
+                .replace("{client_id}", CLIENT_ID);
             let body = match (&route.method, route.path) {
                 (&Method::POST, "/connections") => Some(connection_body(n + 1000)),
                 (&Method::POST, "/api-keys") => {
                     Some(json!({"name": "new", "scopes": ["tokens:read"]}))
                 }
                 (&Method::PATCH, _) => Some(json!({"name": "renamed"})),
+                (&Method::PUT, _) => Some(json!({"client_secret": client_secret(n + 5000)})),
+                (&Method::POST, "/notifications/sp-api") => Some(json!({
+                    "notificationType": "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY",
+                    "notificationMetadata": {"notificationId": format!("scopes-{n}-{caller}")},
+                    "payload": {"applicationOAuthClientSecretExpiry": {
+                        "clientId": CLIENT_ID,
+                        "clientSecretExpiryTime": "2027-02-01T00:00:00Z",
+                    }},
+                })),
                 (&Method::POST, "/connections/{connection}/restricted-data-token") => Some(json!(
                     {"restricted_resources": [{"method": "GET", "path": "/orders/v0/orders/1/address"}]}
                 )),
