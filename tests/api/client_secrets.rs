@@ -302,6 +302,23 @@ async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
     assert_eq!(body["outcome"], "duplicate");
     assert_eq!(read(&app, &first).await, before);
 
+    // A newer secret stored by hand; the notification delivered once more must not
+    // bring the older one back.
+    let by_hand = client_secret(60);
+    let response = put_secret(&app, CLIENT_ID, &json!({"client_secret": by_hand})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .post("/notifications/sp-api", ADMIN_KEY, notification)
+        .await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outcome"], "duplicate");
+    assert_eq!(
+        read(&app, &first).await["client_secret_hint"],
+        hint(&by_hand)
+    );
+    let response = put_secret(&app, CLIENT_ID, &json!({"client_secret": new})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
     // The old secret's grace ends; the connections work with the new one.
     fake.end_grace();
     for id in [&first, &second] {
