@@ -2,22 +2,28 @@
 //! (docs/amazon.md, "Client secret lifecycle"): replaced by hand or from Amazon's
 //! notification, its expiry updated, a rotation asked of Amazon. A replaced secret is kept
 //! until its grace ends, for LWA calls to fall back on (`amazon::lwa`).
+//!
+//! Notifications come through a queue: late, twice, out of order. Each is applied once
+//! (recorded by id in the transaction that applies it), and a notice older than the
+//! secret a connection holds is not applied to it, so nothing brings an older secret back.
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use crate::amazon::spapi::{SpApiClient, SpApiError};
-use crate::connections::changed as changed_row;
 use crate::crypto::{CryptoError, Field, Keyring};
 use crate::domain::{
-    CLIENT_SECRET_GRACE, ClientId, ClientSecret, ConnectionStatus, GrantlessScope, SecretExpiry,
-    SecretNotice, SpApiNotification, now,
+    CLIENT_SECRET_GRACE, ClientId, ClientSecret, ConnectionStatus, Environment, GrantlessScope,
+    SecretExpiry, SecretNotice, SpApiNotification, now,
 };
-use crate::store::{ConnectionRow, NotificationRecord, PreviousSecret, Store, StoreError};
+use crate::store::{NotificationRecord, SecretChange, Store, StoreError};
 use crate::tokens::{TokenError, TokenService};
 
-/// How often a change to every connection of a client id is tried again when one of them
-/// changes meanwhile.
+/// Makes a notification's record from its outcome and the connections it changed.
+type MakeRecord<'a> = dyn Fn(&str, usize) -> NotificationRecord + Sync + 'a;
+
+/// How often a new secret is tried again when a connection of the application changed
+/// meanwhile (one was added, or its secret replaced by someone else).
 const ATTEMPTS: usize = 3;
 
 /// A new client secret for every connection of an application.
@@ -46,7 +52,8 @@ impl NewSecret {
 pub struct Changed {
     /// Connections using the client id.
     pub connections: usize,
-    /// Of those, the ones that changed (the others held this already).
+    /// Of those, the ones that changed (the others held this already, or something
+    /// newer).
     pub changed: usize,
 }
 
@@ -64,6 +71,11 @@ pub enum NotificationOutcome {
 pub enum SecretError {
     #[error("no connection uses this client id")]
     UnknownClient,
+    #[error(
+        "no production connection of this application has working client credentials; \
+         store a working secret first (PUT /client-secrets/{{client_id}})"
+    )]
+    NoUsableConnection,
     #[error("the connections of this client id kept changing; retry")]
     KeptChanging,
     /// Getting the grantless rotation token.
@@ -109,48 +121,34 @@ impl ApplicationSecrets {
         client_id: &ClientId,
         new: &NewSecret,
     ) -> Result<Changed, SecretError> {
-        let changed = self
-            .change_all(client_id, |row, now| self.put_secret(row, new, now))
-            .await?;
-        if changed.changed > 0 {
-            tracing::info!(
-                client_id = %client_id,
-                connections = changed.changed,
-                "stored a new client secret"
-            );
-        }
-        Ok(changed)
-    }
-
-    /// Sets Amazon's expiry date on every connection of `client_id`.
-    pub async fn set_expiry(
-        &self,
-        client_id: &ClientId,
-        expires_at: DateTime<Utc>,
-    ) -> Result<Changed, SecretError> {
-        self.change_all(client_id, |row, _| {
-            row.connection
-                .set_secret_expiry(SecretExpiry::known(expires_at));
-            Ok(())
-        })
-        .await
+        self.store_secret(client_id, new, None, None)
+            .await
+            .map(|changed| changed.expect("recorded only with a notification"))
     }
 
     /// Asks Amazon for a new secret, with the application's grantless rotation token
-    /// (fetched for the first connection of the client id). The secret comes later, by
-    /// notification.
+    /// (fetched for a production connection whose client credentials work). The secret
+    /// comes later, by notification.
     pub async fn rotate(&self, client_id: &ClientId) -> Result<(), SecretError> {
-        let first = self
-            .store
-            .connections_of_client(client_id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(SecretError::UnknownClient)?;
+        let rows = self.store.connections_of_client(client_id).await?;
+        if rows.is_empty() {
+            return Err(SecretError::UnknownClient);
+        }
+        // A sandbox host would accept the call and rotate nothing.
+        let usable = rows.iter().find(|row| {
+            let c = &row.connection;
+            c.environment == Environment::Production
+                && !matches!(
+                    c.status,
+                    ConnectionStatus::ClientCredentialsInvalid
+                        | ConnectionStatus::ClientSecretExpired
+                )
+        });
+        let usable = usable.ok_or(SecretError::NoUsableConnection)?;
         let (grant, _) = self
             .tokens
             .grantless(
-                first.connection.id,
+                usable.connection.id,
                 GrantlessScope::ClientSecretRotation,
                 60,
                 false,
@@ -176,6 +174,14 @@ impl ApplicationSecrets {
             return Ok(NotificationOutcome::Duplicate);
         }
         let client_id = &notification.client_id;
+        let record = |outcome: &str, connections: usize| NotificationRecord {
+            notification_id: id.to_owned(),
+            notification_type: notification.kind().to_owned(),
+            client_id: client_id.as_str().to_owned(),
+            outcome: outcome.to_owned(),
+            connections: connections as i64,
+            received_at: now(),
+        };
         let applied = match &notification.notice {
             SecretNotice::NewSecret {
                 secret,
@@ -187,121 +193,145 @@ impl ApplicationSecrets {
                     expires_at: Some(*expires_at),
                     previous_until: *old_expires_at,
                 };
-                self.replace(client_id, &new).await
+                self.store_secret(
+                    client_id,
+                    &new,
+                    Some(notification.event_time),
+                    Some(&record),
+                )
+                .await
             }
-            SecretNotice::Expiry { expires_at } => self.set_expiry(client_id, *expires_at).await,
+            SecretNotice::Expiry { expires_at } => {
+                self.store_expiry(client_id, *expires_at, notification.event_time, &record)
+                    .await
+            }
         };
         let outcome = match applied {
-            Ok(changed) => NotificationOutcome::Applied(changed),
-            Err(SecretError::UnknownClient) => NotificationOutcome::Ignored,
+            Ok(Some(changed)) => NotificationOutcome::Applied(changed),
+            Ok(None) => NotificationOutcome::Duplicate,
+            Err(SecretError::UnknownClient) => {
+                if !self
+                    .store
+                    .insert_notification(&record("ignored", 0))
+                    .await?
+                {
+                    return Ok(NotificationOutcome::Duplicate);
+                }
+                NotificationOutcome::Ignored
+            }
             Err(err) => return Err(err),
         };
-        let (label, connections) = match outcome {
-            NotificationOutcome::Applied(changed) => ("applied", changed.changed),
-            _ => ("ignored", 0),
-        };
-        let record = NotificationRecord {
-            notification_id: id.to_owned(),
-            notification_type: notification.kind().to_owned(),
-            client_id: client_id.as_str().to_owned(),
-            outcome: label.to_owned(),
-            connections: connections as i64,
-            received_at: now(),
-        };
-        // Applying twice is harmless (the second finds the secret stored): a duplicate
-        // delivered at the same moment only loses the race to record.
-        if !self.store.insert_notification(&record).await? {
-            return Ok(NotificationOutcome::Duplicate);
-        }
         tracing::info!(
             notification_id = id,
             notification_type = notification.kind(),
             client_id = %client_id,
-            outcome = label,
+            outcome = ?outcome,
             "SP-API notification handled"
         );
         Ok(outcome)
     }
 
-    /// Applies `change` to every connection of `client_id` and writes those it changed,
-    /// all in one transaction; again from a fresh read when one changed meanwhile.
-    async fn change_all(
+    /// Amazon's expiry date on the connections of `client_id` whose secret is not newer
+    /// than the notice. `Ok(None)`: recorded before.
+    async fn store_expiry(
         &self,
         client_id: &ClientId,
-        change: impl Fn(&mut ConnectionRow, DateTime<Utc>) -> Result<(), SecretError>,
-    ) -> Result<Changed, SecretError> {
+        expires_at: DateTime<Utc>,
+        event_time: DateTime<Utc>,
+        record: &MakeRecord<'_>,
+    ) -> Result<Option<Changed>, SecretError> {
+        let connections = self.store.connections_of_client(client_id).await?.len();
+        if connections == 0 {
+            return Err(SecretError::UnknownClient);
+        }
+        let changed = self
+            .store
+            .set_client_secret_expiry(
+                client_id,
+                expires_at,
+                event_time,
+                &record("applied", connections),
+            )
+            .await?;
+        Ok(changed.map(|changed| Changed {
+            connections,
+            changed: changed as usize,
+        }))
+    }
+
+    /// Stores `new` on every connection of `client_id` that does not hold it yet and,
+    /// given `not_before` (a notification's time), whose secret is not newer than that.
+    /// `record` makes the notification's record, written in the same transaction:
+    /// `Ok(None)` if it had been recorded already.
+    async fn store_secret(
+        &self,
+        client_id: &ClientId,
+        new: &NewSecret,
+        not_before: Option<DateTime<Utc>>,
+        record: Option<&MakeRecord<'_>>,
+    ) -> Result<Option<Changed>, SecretError> {
         for _ in 0..ATTEMPTS {
             let rows = self.store.connections_of_client(client_id).await?;
             if rows.is_empty() {
                 return Err(SecretError::UnknownClient);
             }
             let now = now();
-            let mut changed = Vec::new();
+            let mut changes = Vec::new();
             for row in &rows {
-                let mut new = row.clone();
-                change(&mut new, now)?;
-                if changed_row(row, &new) {
-                    new.connection.updated_at = now;
-                    new.version += 1;
-                    changed.push(new);
+                let c = &row.connection;
+                if not_before.is_some_and(|at| c.client_secret_updated_at > at) {
+                    continue;
                 }
+                let owner = c.id.to_string();
+                let current = self
+                    .keyring
+                    .open(&owner, Field::ClientSecret, &row.client_secret)?;
+                let expiry = match new.expires_at {
+                    Some(at) => SecretExpiry::known(at),
+                    None => SecretExpiry::estimated_from(now),
+                };
+                if current.expose_secret() == new.secret.expose() {
+                    continue;
+                }
+                changes.push(SecretChange {
+                    id: c.id,
+                    old: row.client_secret.clone(),
+                    new: self
+                        .keyring
+                        .seal(&owner, Field::ClientSecret, new.secret.expose()),
+                    hint: new.secret.hint(),
+                    updated_at: now,
+                    expiry,
+                    previous_until: new.previous_until,
+                });
             }
+            let record = record.map(|make| make("applied", changes.len()));
             match self
                 .store
-                .update_connections_of_client(client_id, rows.len(), &changed)
+                .replace_client_secret(client_id, rows.len(), &changes, record.as_ref())
                 .await
             {
-                Ok(()) => {
-                    for row in &changed {
-                        self.tokens.invalidate(row.connection.id);
+                Ok(false) => return Ok(None),
+                Ok(true) => {
+                    for change in &changes {
+                        self.tokens.invalidate(change.id);
                     }
-                    return Ok(Changed {
+                    if !changes.is_empty() {
+                        tracing::info!(
+                            client_id = %client_id,
+                            connections = changes.len(),
+                            "stored a new client secret"
+                        );
+                    }
+                    return Ok(Some(Changed {
                         connections: rows.len(),
-                        changed: changed.len(),
-                    });
+                        changed: changes.len(),
+                    }));
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(err) => return Err(err.into()),
             }
         }
         Err(SecretError::KeptChanging)
-    }
-
-    /// One connection takes the new secret (if it is new to it) and its expiry.
-    fn put_secret(
-        &self,
-        row: &mut ConnectionRow,
-        new: &NewSecret,
-        now: DateTime<Utc>,
-    ) -> Result<(), SecretError> {
-        let owner = row.connection.id.to_string();
-        let current = self
-            .keyring
-            .open(&owner, Field::ClientSecret, &row.client_secret)?;
-        let c = &mut row.connection;
-        if current.expose_secret() != new.secret.expose() {
-            row.previous_client_secret = Some(PreviousSecret {
-                sealed: row.client_secret.clone(),
-                until: new.previous_until,
-            });
-            row.client_secret = self
-                .keyring
-                .seal(&owner, Field::ClientSecret, new.secret.expose());
-            c.client_secret_hint = new.secret.hint();
-            c.client_secret_updated_at = now;
-            c.set_secret_expiry(SecretExpiry::estimated_from(now));
-            row.access_token = None;
-            if matches!(
-                c.status,
-                ConnectionStatus::ClientCredentialsInvalid | ConnectionStatus::ClientSecretExpired
-            ) {
-                c.status = ConnectionStatus::Pending;
-                c.last_error = None;
-            }
-        }
-        if let Some(at) = new.expires_at {
-            c.set_secret_expiry(SecretExpiry::known(at));
-        }
-        Ok(())
     }
 }

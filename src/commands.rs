@@ -156,7 +156,7 @@ fn print_key_table(report: &[master_keys::KeyStatus]) {
             key if !key.configured && key.ciphertexts > 0 => {
                 "MISSING: add it back to REGISTRY_MASTER_KEYS".to_owned()
             }
-            key if !key.configured => "removed; forgotten at the next start".to_owned(),
+            key if !key.configured => "removed; encrypts nothing".to_owned(),
             _ => "still needed: run `keys rewrap`".to_owned(),
         };
         let configured = if key.configured { "yes" } else { "no" };

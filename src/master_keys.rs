@@ -4,8 +4,9 @@
 //! add the new key after the current one everywhere (every replica can then open what
 //! it seals), move it first (new secrets are sealed with it), run `keys rewrap` (every
 //! stored ciphertext is sealed again with it), then remove the old key. The start-up
-//! check refuses a configuration that lacks a key still sealing something here, and
-//! forgets a removed key that no longer seals anything.
+//! check refuses a configuration that lacks a key still sealing something here. A key's
+//! check is never deleted, even once the key is removed: a key id, once used here,
+//! always means the same bytes, and `keys status` always lists it.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -26,8 +27,7 @@ const KEY_CHECK_TEXT: &str = "connection-registry master key check";
 const REWRAP_PASSES: usize = 5;
 
 /// Each master key seals a known text once; at start-up each configured key must open its
-/// own, and every key that sealed something here must be configured. A key that is no
-/// longer configured and seals nothing is forgotten.
+/// own, and every key that still seals something here must be configured.
 ///
 /// A check this replica adds is read back and verified: another replica starting at the
 /// same moment with other bytes under the same key id may have stored its check first,
@@ -50,16 +50,8 @@ pub async fn verify_at_startup(store: &Store, keyring: &Keyring) -> anyhow::Resu
                 check.key_id
             );
         }
-        store
-            .delete_key_check(&check.key_id)
-            .await
-            .context("cannot forget a removed master key")?;
-        tracing::info!(
-            key_id = %check.key_id,
-            "master key no longer configured and no longer used here; forgotten"
-        );
+        // Its check stays: should the key id come back, it must be the same key.
     }
-    let checks = store.key_checks().await.context("cannot read key checks")?;
     verify_key_checks(
         &checks,
         keyring,
@@ -193,7 +185,11 @@ pub async fn rewrap(
     mut on_progress: impl FnMut(RewrapProgress),
 ) -> anyhow::Result<RewrapReport> {
     let primary = keyring.primary_id().to_owned();
-    let total = store.count_sealed().await? - store.count_sealed_with(&primary).await?;
+    // Two counts while replicas write: the difference is an estimate, for progress only.
+    let total = store
+        .count_sealed()
+        .await?
+        .saturating_sub(store.count_sealed_with(&primary).await?);
     let mut report = RewrapReport::default();
     on_progress(RewrapProgress { done: 0, total });
     let mut unreadable: HashSet<ConnectionId> = HashSet::new();

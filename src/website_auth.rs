@@ -6,8 +6,15 @@
 //! 1. `consent_url` hands out the Seller (or Vendor) Central consent URL of a connection,
 //!    with a random `state` bound to it: stored as a hash, single use, valid 10 minutes.
 //! 2. `complete` takes the browser's return: it uses the state up (whatever happens
-//!    next), checks that the seller who consented is the connection's, exchanges the code
-//!    with `grant_type=authorization_code`, and stores the refresh token sealed.
+//!    next), checks that the seller named in the return is the connection's, exchanges
+//!    the code with `grant_type=authorization_code` (once: a code is good once), and
+//!    stores the refresh token sealed.
+//!
+//! The state proves the browser comes back from a consent URL this service handed out
+//! for this connection. `selling_partner_id` is what the browser says; its check stops a
+//! seller consenting with the wrong account, not someone who holds the consent URL and
+//! edits the return (the URL is a credential for its 10 minutes; the frontend shows it
+//! only to its signed-in customer).
 //!
 //! What the browser brings is untrusted: each value is parsed before anything is looked
 //! up, and none is ever logged or echoed back.
@@ -222,17 +229,8 @@ impl WebsiteAuthorization {
     pub async fn complete(&self, query: CallbackQuery) -> Result<Authorized, CallbackError> {
         let urls = self.urls.as_ref().ok_or(CallbackError::NotConfigured)?;
         let state = required(query.state.as_deref(), "state", OAuthStateToken::parse)?;
-        let code = required(
-            query.spapi_oauth_code.as_deref(),
-            "spapi_oauth_code",
-            AuthorizationCode::parse,
-        )?;
-        let selling_partner_id = required(
-            query.selling_partner_id.as_deref(),
-            "selling_partner_id",
-            selling_partner_id,
-        )?;
-
+        // Used up before anything else is looked at: whatever follows, it cannot be
+        // presented again.
         let taken = self
             .store
             .take_oauth_state(&state.hash())
@@ -243,6 +241,16 @@ impl WebsiteAuthorization {
         if taken.expires_at <= now() {
             return Err(CallbackError::StateExpired { connection_id });
         }
+        let code = required(
+            query.spapi_oauth_code.as_deref(),
+            "spapi_oauth_code",
+            AuthorizationCode::parse,
+        )?;
+        let selling_partner_id = required(
+            query.selling_partner_id.as_deref(),
+            "selling_partner_id",
+            selling_partner_id,
+        )?;
         let (connection, client_secrets) =
             match self.connections.client_secrets(connection_id).await {
                 Ok(found) => found,

@@ -206,6 +206,12 @@ impl LwaClient {
             ("client_secret", secret.expose()),
         ];
         let mut sent = vec![secret.expose()];
+        // A code is good once: if an attempt may have reached LWA, sending it again can
+        // only be refused (and may make LWA revoke what it issued for it).
+        let attempts = match request {
+            GrantRequest::AuthorizationCode { .. } => 1,
+            _ => self.settings.max_attempts,
+        };
         match request {
             GrantRequest::Refresh(refresh_token) => {
                 form.push(("grant_type", "refresh_token"));
@@ -223,15 +229,16 @@ impl LwaClient {
                 sent.push(code.expose());
             }
         }
-        self.exchange(&form, &sent).await
+        self.exchange(&form, &sent, attempts).await
     }
 
-    /// Posts `form` to the token endpoint, retrying transient failures; `secrets` are
-    /// scrubbed from whatever comes back.
+    /// Posts `form` to the token endpoint, up to `max_attempts` times while failures are
+    /// transient; `secrets` are scrubbed from whatever comes back.
     async fn exchange(
         &self,
         form: &[(&str, &str)],
         secrets: &[&str],
+        max_attempts: u32,
     ) -> Result<LwaGrant, LwaError> {
         let scrubber = Scrubber::new(secrets);
         let mut attempt = 1;
@@ -255,7 +262,7 @@ impl LwaClient {
                 _ => None,
             };
             let waited_out = retry_after.is_none_or(|wait| wait <= self.settings.max_backoff);
-            if attempt >= self.settings.max_attempts || !waited_out {
+            if attempt >= max_attempts || !waited_out {
                 return Err(error);
             }
             let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));

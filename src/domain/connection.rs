@@ -16,17 +16,19 @@ pub const CLIENT_SECRET_LIFETIME: Duration = Duration::days(180);
 pub fn parse_period(input: &str) -> Result<Duration, ParseError> {
     let refuse =
         || ParseError::new("must be a number of days or hours like `14d` or `36h`, up to a year");
-    let (number, unit) = input.split_at(input.len().saturating_sub(1));
-    let number: i64 = number.parse().map_err(|_| refuse())?;
-    let period = match unit {
-        "d" => Duration::days(number),
-        "h" => Duration::hours(number),
+    let (number, hours_per_unit) = match (input.strip_suffix('d'), input.strip_suffix('h')) {
+        (Some(days), _) => (days, 24),
+        (_, Some(hours)) => (hours, 1),
         _ => return Err(refuse()),
     };
-    if number < 1 || period > Duration::days(366) {
-        return Err(refuse());
-    }
-    Ok(period)
+    // Bounded before any arithmetic: a huge number is refused, never overflowed.
+    let hours = number
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=366 * 24 / hours_per_unit).contains(n))
+        .ok_or_else(refuse)?
+        * hours_per_unit;
+    Ok(Duration::hours(hours))
 }
 
 /// How long Amazon keeps accepting a client secret after a new one was issued.
@@ -207,6 +209,29 @@ pub struct ConnectionPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_are_days_or_hours_within_a_year() {
+        assert_eq!(parse_period("14d").unwrap(), Duration::days(14));
+        assert_eq!(parse_period("36h").unwrap(), Duration::hours(36));
+        assert_eq!(parse_period("366d").unwrap(), Duration::days(366));
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "367d",
+            "-1d",
+            "14",
+            "14x",
+            "1\u{e9}",
+            "999999999999d",
+            "99999999999999999999h",
+            "1.5d",
+            " 14d",
+        ] {
+            assert!(parse_period(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn status_names_round_trip() {

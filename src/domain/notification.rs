@@ -42,6 +42,9 @@ pub enum SecretNotice {
 #[derive(Debug)]
 pub struct SpApiNotification {
     pub id: NotificationId,
+    /// Amazon's `eventTime`: a notice older than the secret stored since concerns an older
+    /// secret, and is not applied to it.
+    pub event_time: DateTime<Utc>,
     pub client_id: ClientId,
     pub notice: SecretNotice,
 }

@@ -167,8 +167,9 @@ impl<'a> Nested<'a> {
     }
 }
 
-/// Amazon's envelope (`notificationType`, `notificationMetadata.notificationId`,
-/// `payload`) with one of the two client-secret payloads.
+/// Amazon's envelope (`notificationType`, `eventTime`,
+/// `notificationMetadata.notificationId`, `payload`) with one of the two client-secret
+/// payloads.
 fn parse_notification(body: &Map<String, Value>) -> Result<SpApiNotification, ApiError> {
     let mut n = Nested {
         root: body,
@@ -178,6 +179,7 @@ fn parse_notification(body: &Map<String, Value>) -> Result<SpApiNotification, Ap
         &["notificationMetadata", "notificationId"],
         NotificationId::parse,
     );
+    let event_time = n.parse(&["eventTime"], timestamp);
     let kind = n.parse(&["notificationType"], |kind| match kind {
         NEW_SECRET | SECRET_EXPIRY => Ok(kind.to_owned()),
         _ => Err(ParseError::new(format!(
@@ -214,12 +216,15 @@ fn parse_notification(body: &Map<String, Value>) -> Result<SpApiNotification, Ap
         }
         None => None,
     };
-    match (id, parsed) {
-        (Some(id), Some((client_id, notice))) if n.errors.is_empty() => Ok(SpApiNotification {
-            id,
-            client_id,
-            notice,
-        }),
+    match (id, event_time, parsed) {
+        (Some(id), Some(event_time), Some((client_id, notice))) if n.errors.is_empty() => {
+            Ok(SpApiNotification {
+                id,
+                event_time,
+                client_id,
+                notice,
+            })
+        }
         _ => Err(ApiError::Validation(n.errors)),
     }
 }

@@ -69,8 +69,8 @@ pub enum ApiError {
     Timeout,
     /// A secret of this resource was sealed with a master key this replica lacks.
     #[error(
-        "this connection's secrets are encrypted with master key `{0}`, which this replica is \
-         not configured with; an operator must add it to REGISTRY_MASTER_KEYS"
+        "a secret this request needs is encrypted with master key `{0}`, which this replica \
+         is not configured with; an operator must add it to REGISTRY_MASTER_KEYS"
     )]
     MasterKeyMissing(String),
     #[error("internal error")]
@@ -482,6 +482,10 @@ impl From<SecretError> for ApiError {
         let detail = err.to_string();
         match err {
             SecretError::UnknownClient => Self::NotFound("client id"),
+            SecretError::NoUsableConnection => Self::Conflict {
+                code: "no_usable_connection",
+                detail,
+            },
             SecretError::KeptChanging => Self::RetryLater {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "concurrent_update",

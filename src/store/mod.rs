@@ -24,7 +24,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
-pub use client_secrets::NotificationRecord;
+pub use client_secrets::{NotificationRecord, SecretChange};
 pub use grantless::{GrantlessKey, GrantlessLease, grantless_owner};
 pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, PreviousSecret, StoredToken};

@@ -198,15 +198,4 @@ impl Store {
             .map(|done| done.rows_affected()))?;
         Ok(written == 1)
     }
-
-    /// Forgets a key's start-up check: the key is no longer configured and nothing is
-    /// sealed with it.
-    pub async fn delete_key_check(&self, key_id: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => sqlx::query("DELETE FROM key_checks WHERE key_id = $1")
-            .bind(key_id)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-        Ok(())
-    }
 }

@@ -236,6 +236,17 @@ async fn the_replaced_secret_is_tried_once_while_its_grace_lasts(backend: Backen
 async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
     let fake = FakeLwa::start().await;
     let app = spawn_with_amazon(backend, &fake).await;
+    // The oldest connection's credentials were refused: the rotation goes through another.
+    let refused = authorized(&app, 3, CLIENT_ID).await;
+    fake.refuse_client_secret(&client_secret(3));
+    let response = app
+        .post(
+            &format!("/connections/{refused}/authorize"),
+            ADMIN_KEY,
+            &json!({}),
+        )
+        .await;
+    problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_client").await;
     let first = authorized(&app, 1, CLIENT_ID).await;
     let second = authorized(&app, 2, CLIENT_ID).await;
 
@@ -276,9 +287,10 @@ async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
         json!({
             "notification_id": notification["notificationMetadata"]["notificationId"],
             "outcome": "applied",
-            "connections": 2,
+            "connections": 3,
         })
     );
+    assert_eq!(read(&app, &refused).await["status"], "pending");
     let expected_expiry: DateTime<Utc> = serde_json::from_value(
         notification["payload"]["applicationOAuthClientNewSecret"]["newClientSecretExpiryTime"]
             .clone(),
@@ -312,6 +324,19 @@ async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
         .await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["outcome"], "duplicate");
+    assert_eq!(
+        read(&app, &first).await["client_secret_hint"],
+        hint(&by_hand)
+    );
+    // Another notification, sent before that secret was stored (queues reorder): it
+    // concerns an older secret and changes nothing.
+    let mut older = notification.clone();
+    older["notificationMetadata"]["notificationId"] = json!("an-older-rotation");
+    older["eventTime"] = json!("2026-01-01T00:00:00.000Z");
+    let response = app.post("/notifications/sp-api", ADMIN_KEY, &older).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outcome"], "applied");
+    assert_eq!(body["connections"], 0);
     assert_eq!(
         read(&app, &first).await["client_secret_hint"],
         hint(&by_hand)
@@ -355,14 +380,29 @@ async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
         )
         .await;
     problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    // Sandbox connections only: a sandbox host would accept and rotate nothing.
+    let mut sandbox = connection_body(4);
+    sandbox["client_id"] = json!(OTHER_CLIENT_ID);
+    sandbox["environment"] = json!("sandbox");
+    app.create_connection(&sandbox).await;
+    let response = app
+        .post(
+            &format!("{}/rotate", secrets_path(OTHER_CLIENT_ID)),
+            ADMIN_KEY,
+            &json!({}),
+        )
+        .await;
+    problem(response, StatusCode::CONFLICT, "no_usable_connection").await;
 }
 
+/// An expiry notice sent now.
 fn expiry_notice(id: &str, client_id: &str, expires_at: &str) -> Value {
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     json!({
         "notificationVersion": "1.0",
         "notificationType": "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY",
         "payloadVersion": "2023-11-30",
-        "eventTime": "2026-11-28T10:00:00.000Z",
+        "eventTime": now,
         "payload": {
             "applicationOAuthClientSecretExpiry": {
                 "clientId": client_id,
@@ -405,6 +445,17 @@ async fn notifications_are_checked_and_applied_once(backend: Backend) {
     assert_eq!(connection["client_secret_expires_at_estimated"], false);
     assert_eq!(read(&app, &other).await, other_before);
 
+    // A notice sent before the connection's secret was stored is about an older secret.
+    let mut late = expiry_notice("n-0", CLIENT_ID, "2026-12-01T00:00:00.000Z");
+    late["eventTime"] = json!("2026-01-01T00:00:00.000Z");
+    let response = app.post("/notifications/sp-api", ADMIN_KEY, &late).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"notification_id": "n-0", "outcome": "applied", "connections": 0})
+    );
+    assert_eq!(read(&app, &mine).await, connection);
+
     let nobody = "amzn1.application-oa2-client.00000000000000000000000000000000";
     for outcome in ["ignored", "duplicate"] {
         let notice = expiry_notice("n-2", nobody, "2027-02-01T00:00:00.000Z");
@@ -443,13 +494,18 @@ async fn notifications_are_checked_and_applied_once(backend: Backend) {
         (
             no_secret.take(),
             vec![
+                "eventTime",
                 "payload.applicationOAuthClientNewSecret.newClientSecret",
                 "payload.applicationOAuthClientNewSecret.oldClientSecretExpiryTime",
             ],
         ),
         (
             json!({"payload": []}),
-            vec!["notificationMetadata.notificationId", "notificationType"],
+            vec![
+                "eventTime",
+                "notificationMetadata.notificationId",
+                "notificationType",
+            ],
         ),
     ];
     for (notice, fields) in cases {
@@ -519,16 +575,26 @@ async fn what_needs_a_new_secret_soon_is_listed(backend: Backend) {
     month.sort();
     assert_eq!(listed("30d").await, month);
     assert_eq!(listed("200d").await.len(), 3);
-    let response = app
-        .get("/connections?client_secret_expires_within=14x", ADMIN_KEY)
+    // Refused, never a panic: a multi-byte last character, a number past any date.
+    for bad in ["14x", "1%C3%A9", "999999999999d"] {
+        let response = app
+            .get(
+                &format!("/connections?client_secret_expires_within={bad}"),
+                ADMIN_KEY,
+            )
+            .await;
+        let body = problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
         .await;
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_eq!(invalid_fields(&body), ["client_secret_expires_within"]);
+        assert_eq!(
+            invalid_fields(&body),
+            ["client_secret_expires_within"],
+            "{bad}"
+        );
+    }
 
     let table = cli(&app.db, &["connections", "expiring", "--within", "30d"]).await;
     table.assert_succeeded("connections expiring");

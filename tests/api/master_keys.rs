@@ -74,7 +74,7 @@ async fn connections(app: &TestApp, n: u32) -> Vec<String> {
 /// Guards the whole rotation: every sealed column rewrapped (client secrets, refresh
 /// tokens, stored access tokens, grantless tokens), no token request failing meanwhile,
 /// a second rewrap doing nothing, the old key removable (status says so, the next start
-/// forgets it) and everything usable without it: LWA exchanges that need the client
+/// allows it) and everything usable without it: LWA exchanges that need the client
 /// secret and refresh token, and PATCH, which opens the stored secret.
 async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend) {
     let fake = FakeLwa::start().await;
@@ -184,10 +184,13 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
         "{run}"
     );
 
-    // Without k1: the start forgets it, and everything opens with k2.
+    // Without k1: it encrypts nothing, so the start allows it; everything opens with k2.
     app.stop().await;
     let app = server(&db, &fake, &k2).await.unwrap();
-    assert_eq!(status(&db, &k2).await, [("k2".into(), true, 38)]);
+    assert_eq!(
+        status(&db, &k2).await,
+        [("k2".into(), true, 38), ("k1".into(), false, 0)]
+    );
     let calls = fake.calls();
     assert!(
         calls > 12 + 30,
@@ -329,8 +332,8 @@ async fn a_replica_without_a_key_fails_only_what_that_key_sealed(backend: Backen
     .await;
     assert_eq!(
         body["detail"],
-        "this connection's secrets are encrypted with master key `k2`, which this replica is \
-         not configured with; an operator must add it to REGISTRY_MASTER_KEYS"
+        "a secret this request needs is encrypted with master key `k2`, which this replica \
+         is not configured with; an operator must add it to REGISTRY_MASTER_KEYS"
     );
     token_ok(&old_replica, &old, "").await;
     token_ok(&new_replica, &new, "").await;

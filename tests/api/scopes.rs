@@ -124,6 +124,7 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
                 (&Method::PUT, _) => Some(json!({"client_secret": client_secret(n + 5000)})),
                 (&Method::POST, "/notifications/sp-api") => Some(json!({
                     "notificationType": "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY",
+                    "eventTime": chrono::Utc::now().to_rfc3339(),
                     "notificationMetadata": {"notificationId": format!("scopes-{n}-{caller}")},
                     "payload": {"applicationOAuthClientSecretExpiry": {
                         "clientId": CLIENT_ID,

@@ -246,6 +246,9 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
     let state = new_state().await;
     let response = callback(&app, &[("state", &state), ("selling_partner_id", SELLER)]).await;
     assert_eq!(returned_to(&response), fail("invalid_request", false));
+    // That used the state up: complete now, it is refused.
+    let response = back(&app, &state, SELLER, &good_code).await;
+    assert_eq!(returned_to(&response), fail("invalid_state", false));
     // A state this service never issued (of the right shape), and one of the wrong shape.
     let forged = "A".repeat(43);
     for bad_state in [forged.as_str(), "not-a-state"] {
@@ -260,6 +263,7 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
     assert_eq!(fake.code_exchanges(), 0);
 
     // Expired: the state is older than its 10 minutes.
+    let state = new_state().await;
     app.db
         .execute_at(
             "UPDATE oauth_states SET expires_at = $1",
@@ -290,11 +294,17 @@ async fn every_failed_return_changes_nothing_and_says_why(backend: Backend) {
     let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("invalid_client", true));
 
-    // LWA is down (each attempt fails; the code stays unused at the fake).
+    // LWA is down: one attempt only (a code is good once; the fake keeps it unused).
     fake.set_mode(LwaMode::ServerError);
     let state = new_state().await;
+    let exchanges = fake.code_exchanges();
     let response = back(&app, &state, SELLER, &good_code).await;
     assert_eq!(returned_to(&response), fail("lwa_unavailable", true));
+    assert_eq!(
+        fake.code_exchanges(),
+        exchanges + 1,
+        "the code is not sent twice"
+    );
     fake.set_mode(LwaMode::Issue);
 
     // Every attempt used its state up; the connection is as it was.
