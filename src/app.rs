@@ -21,6 +21,7 @@ use crate::config::{Config, DatabaseUrl, write_private_file};
 use crate::connection_test::ConnectionTester;
 use crate::connections::Connections;
 use crate::domain::{ApiKeyName, Scope};
+use crate::handouts::HandoutTrail;
 use crate::store::Store;
 use crate::tokens::TokenService;
 use crate::website_auth::WebsiteAuthorization;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub tester: ConnectionTester,
     pub website_auth: WebsiteAuthorization,
     pub secrets: ApplicationSecrets,
+    pub handouts: HandoutTrail,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
@@ -108,7 +110,9 @@ impl Application {
             lwa,
             config.website_auth.clone(),
         );
+        let handouts = HandoutTrail::new(store.clone());
         let state = AppState {
+            handouts,
             connections,
             tester,
             website_auth,
@@ -143,8 +147,10 @@ impl Application {
             tokio::spawn(self.state.tokens.clone().refresh_ahead_periodically()),
             tokio::spawn(self.state.tokens.clone().follow_changes(changes)),
             tokio::spawn(self.state.tokens.clone().recheck_cached_periodically()),
+            tokio::spawn(self.state.handouts.clone().flush_periodically()),
         ];
         let store = self.state.store.clone();
+        let handouts = self.state.handouts.clone();
         tracing::info!(address = %self.local_addr(), "listening");
         let limits = self.limits;
         crate::http::serve(
@@ -157,6 +163,8 @@ impl Application {
         for task in background {
             task.abort();
         }
+        // What was counted since the last flush.
+        handouts.flush().await;
         store.close().await;
         Ok(())
     }

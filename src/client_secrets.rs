@@ -16,8 +16,10 @@ use crate::domain::{
     CLIENT_SECRET_GRACE, ClientId, ClientSecret, ConnectionStatus, Environment, GrantlessScope,
     SecretExpiry, SecretNotice, SpApiNotification, now,
 };
+use crate::events::{NewEvent, Target};
 use crate::store::{NotificationRecord, SecretChange, Store, StoreError};
 use crate::tokens::{TokenError, TokenService};
+use serde_json::json;
 
 /// Makes a notification's record from its outcome and the connections it changed.
 type MakeRecord<'a> = dyn Fn(&str, usize) -> NotificationRecord + Sync + 'a;
@@ -251,6 +253,11 @@ impl ApplicationSecrets {
                 expires_at,
                 event_time,
                 &record("applied", connections),
+                &[NewEvent::new(
+                    "client_secret.expiry_updated",
+                    Target::ClientSecret(client_id.clone()),
+                    json!({"expires_at": expires_at}),
+                )],
             )
             .await?;
         Ok(changed.map(|changed| Changed {
@@ -306,9 +313,41 @@ impl ApplicationSecrets {
                 });
             }
             let record = record.map(|make| make("applied", changes.len()));
+            let mut events = Vec::new();
+            if !changes.is_empty() {
+                events.push(NewEvent::new(
+                    "client_secret.replaced",
+                    Target::ClientSecret(client_id.clone()),
+                    json!({
+                        "connections": changes.len(),
+                        "hint": new.secret.hint(),
+                        "expires_at": new.expires_at,
+                        "notification_id": record.as_ref().map(|r| r.notification_id.clone()),
+                    }),
+                ));
+            }
+            // The store sends refused connections back to `pending`.
+            for row in rows.iter().filter(|row| {
+                changes.iter().any(|change| change.id == row.connection.id)
+                    && matches!(
+                        row.connection.status,
+                        ConnectionStatus::ClientCredentialsInvalid
+                            | ConnectionStatus::ClientSecretExpired
+                    )
+            }) {
+                events.push(NewEvent::new(
+                    "connection.status_changed",
+                    Target::Connection(row.connection.id),
+                    json!({
+                        "from": row.connection.status,
+                        "to": ConnectionStatus::Pending,
+                        "error_code": null,
+                    }),
+                ));
+            }
             match self
                 .store
-                .replace_client_secret(client_id, rows.len(), &changes, record.as_ref())
+                .replace_client_secret(client_id, rows.len(), &changes, record.as_ref(), &events)
                 .await
             {
                 Ok(false) => return Ok(None),

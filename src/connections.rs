@@ -12,6 +12,7 @@ use crate::domain::{
     ConnectionId, ConnectionPatch, ConnectionStatus, MerchantToken, NewConnection, RefreshToken,
     SecretExpiry,
 };
+use crate::events::connection_events;
 use crate::store::{
     ConnectionFilter, ConnectionRow, IdempotencyRecord, PreviousSecret, Store, StoreError,
     StoredToken,
@@ -135,7 +136,12 @@ impl Connections {
             response: body.to_string(),
             created_at: now,
         });
-        match self.store.insert_connection(&row, record.as_ref()).await {
+        let events = connection_events(None, Some(&row));
+        match self
+            .store
+            .insert_connection(&row, record.as_ref(), &events)
+            .await
+        {
             Ok(()) => Ok(Created { id, body }),
             // The same key won a race with this request: answer what it created.
             Err(StoreError::Conflict) if record.is_some() => {
@@ -283,7 +289,8 @@ impl Connections {
             }
             row.connection.updated_at = crate::domain::now();
             row.version += 1;
-            match self.store.update_connection(&row).await {
+            let events = connection_events(Some(&before), Some(&row));
+            match self.store.update_connection(&row, &events).await {
                 Ok(()) => {
                     // New credentials, or what a token response shows: re-read it here at
                     // once (the other replicas hear of it from the store).
@@ -380,7 +387,9 @@ impl Connections {
     }
 
     pub async fn delete(&self, id: ConnectionId) -> Result<(), ConnectionError> {
-        self.store.delete_connection(id).await?;
+        let row = self.store.get_connection(id).await?;
+        let events = connection_events(Some(&row), None);
+        self.store.delete_connection(id, &events).await?;
         self.tokens.invalidate(id);
         Ok(())
     }

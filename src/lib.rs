@@ -12,6 +12,8 @@ pub mod connection_test;
 pub mod connections;
 pub mod crypto;
 pub mod domain;
+pub mod events;
+pub mod handouts;
 pub mod http;
 pub mod master_keys;
 pub mod metrics;

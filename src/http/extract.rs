@@ -163,6 +163,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
             .and_then(|(_, token)| ApiKeyToken::parse(token.trim()).ok())
             .ok_or(ApiError::Unauthorized)?;
         let key = state.api_keys.verify(&presented).await?;
+        crate::events::set_caller(key.id);
         if let Some(scope) = S::SCOPE.filter(|scope| !key.allows(*scope)) {
             return Err(ApiError::Forbidden(scope));
         }

@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, merged here under shared layers.
 
 mod api_keys;
+mod audit;
 mod client_secrets;
 mod connections;
 pub mod error;
@@ -36,10 +37,14 @@ pub fn router(state: AppState) -> Router {
     let request_timeout = state.request_timeout;
     // Outermost first: a request passes these top to bottom, its response bottom to top.
     let layers = ServiceBuilder::new()
-        // Before anything else, so every log line and every response carries the id.
+        // Before anything else, so every log line and every response carries the id:
+        // the caller's, if it is a sane token, else a new one.
+        .layer(axum::middleware::from_fn(drop_insane_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // Events the request causes name it, and its caller.
+        .layer(axum::middleware::from_fn(within_request))
         // Inside the trace, so a timed-out request is logged with its 503.
         .layer(axum::middleware::from_fn(move |request, next| {
             time_limit(request_timeout, request, next)
@@ -56,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(spapi::router())
         .merge(oauth::router())
         .merge(client_secrets::router())
+        .merge(audit::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -93,4 +99,38 @@ async fn time_limit(
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     }
+}
+
+/// A caller's `X-Request-Id` is kept only if it is 1–128 letters, digits, `-`, `_`, `.`
+/// or `:`; anything else (too long, spaces, a log-forging newline) is replaced by a new
+/// id.
+async fn drop_insane_request_id(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let sane = request.headers().get(&REQUEST_ID).is_none_or(|value| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if !sane {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// Runs the request as an event context (`crate::events`).
+async fn within_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    crate::events::within_request(request_id, next.run(request)).await
 }

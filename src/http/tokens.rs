@@ -57,7 +57,7 @@ struct TokenBody<'a> {
 }
 
 async fn token(
-    _caller: Caller<TokensRead>,
+    caller: Caller<TokensRead>,
     State(state): State<AppState>,
     Id(id): Id<ConnectionId>,
     QueryFields(mut query): QueryFields,
@@ -77,6 +77,7 @@ async fn token(
                 .await?
         }
     };
+    state.handouts.record(caller.key.id, id);
     let body = TokenBody {
         access_token: grant.token.expose(),
         token_type: "bearer",

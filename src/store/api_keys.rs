@@ -5,6 +5,7 @@ use sqlx::types::Json;
 use super::rows::ApiKeyColumns;
 use super::{Store, StoreError};
 use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId};
+use crate::events::{NewEvent, Target};
 
 impl Store {
     pub async fn insert_api_key(&self, key: &ApiKey, hash: ApiKeyHash) -> Result<(), StoreError> {
@@ -40,16 +41,28 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6) {on_conflict}"
         );
         let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.as_str()).collect();
-        on_pool!(self, pool => sqlx::query(&sql)
-            .bind(key.id.as_uuid())
-            .bind(key.name.as_str())
-            .bind(hash.to_base64())
-            .bind(&key.prefix)
-            .bind(Json(&scopes))
-            .bind(key.created_at)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
+        let created = [NewEvent::new(
+            "api_key.created",
+            Target::ApiKey(key.id),
+            serde_json::json!({"name": key.name.as_str(), "scopes": scopes, "prefix": key.prefix}),
+        )];
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(&sql)
+                .bind(key.id.as_uuid())
+                .bind(key.name.as_str())
+                .bind(hash.to_base64())
+                .bind(&key.prefix)
+                .bind(Json(&scopes))
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if inserted == 1 {
+                insert_events!(tx, &created);
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -78,12 +91,25 @@ impl Store {
 
     pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<(), StoreError> {
         let sql = "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
-        let revoked = on_pool!(self, pool => sqlx::query(sql)
-            .bind(id.as_uuid())
-            .bind(crate::domain::now())
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
+        let revoked_event = [NewEvent::new(
+            "api_key.revoked",
+            Target::ApiKey(id),
+            serde_json::json!({}),
+        )];
+        let revoked = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let revoked = sqlx::query(sql)
+                .bind(id.as_uuid())
+                .bind(crate::domain::now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if revoked == 1 {
+                insert_events!(tx, &revoked_event);
+            }
+            tx.commit().await?;
+            revoked
+        });
         match revoked {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),

@@ -10,6 +10,7 @@ use super::rows::ConnectionColumns;
 use super::{Backend, ConnectionRow, Store, StoreError};
 use crate::crypto::Sealed;
 use crate::domain::{ClientId, ConnectionId, ConnectionStatus, SecretExpiry};
+use crate::events::NewEvent;
 
 /// One connection's new client secret, as `replace_client_secret` writes it.
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ impl Store {
         total: usize,
         changes: &[SecretChange],
         notification: Option<&NotificationRecord>,
+        events: &[NewEvent],
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE connections SET client_secret = $1, client_secret_hint = $2, \
                    client_secret_updated_at = $3, client_secret_expires_at = $4, \
@@ -148,6 +150,7 @@ impl Store {
                 }
             }
             if all {
+                insert_events!(tx, events);
                 tx.commit().await?;
             }
             all
@@ -170,6 +173,7 @@ impl Store {
         expires_at: DateTime<Utc>,
         secret_stored_by: DateTime<Utc>,
         notification: &NotificationRecord,
+        events: &[NewEvent],
     ) -> Result<Option<u64>, StoreError> {
         let sql = "UPDATE connections SET client_secret_expires_at = $1, \
                    client_secret_expires_at_estimated = $2, version = version + 1, \
@@ -191,6 +195,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            insert_events!(tx, events);
             tx.commit().await?;
             changed
         });

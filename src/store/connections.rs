@@ -9,6 +9,7 @@ use super::{
     StoreError, UPDATE_CONNECTION,
 };
 use crate::domain::{ApiKeyId, ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
+use crate::events::NewEvent;
 
 impl Store {
     /// Inserts a connection and, in the same transaction, the idempotency record that
@@ -17,6 +18,7 @@ impl Store {
         &self,
         row: &ConnectionRow,
         idempotency: Option<&IdempotencyRecord>,
+        events: &[NewEvent],
     ) -> Result<(), StoreError> {
         let insert = concat!(
             "INSERT INTO connections (",
@@ -40,6 +42,7 @@ impl Store {
                     .await?;
             }
             bind_connection(sqlx::query(insert), columns).execute(&mut *tx).await?;
+            insert_events!(tx, events);
             if let Some(record) = idempotency {
                 sqlx::query(remember)
                     .bind(record.api_key_id.as_uuid())
@@ -113,7 +116,11 @@ impl Store {
     /// Writes every column of `row` if the stored row is still at `row.version - 1`:
     /// `Conflict` means someone else changed it since it was read. Every replica hears of
     /// the change when it commits.
-    pub async fn update_connection(&self, row: &ConnectionRow) -> Result<(), StoreError> {
+    pub async fn update_connection(
+        &self,
+        row: &ConnectionRow,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
         let columns = ConnectionColumns::from(row);
         let id = row.connection.id;
         let updated = on_pool!(self, pool => {
@@ -122,8 +129,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            if updated == 1 && self.backend() == Backend::Postgres {
-                notify_change!(&mut *tx, id);
+            if updated == 1 {
+                insert_events!(tx, events);
+                if self.backend() == Backend::Postgres {
+                    notify_change!(&mut *tx, id);
+                }
             }
             tx.commit().await?;
             updated
@@ -139,7 +149,11 @@ impl Store {
     /// Deletes the connection, with its secrets, its token, its website authorization
     /// states and the idempotency records that would replay its creation; every replica
     /// hears of it when it commits.
-    pub async fn delete_connection(&self, id: ConnectionId) -> Result<(), StoreError> {
+    pub async fn delete_connection(
+        &self,
+        id: ConnectionId,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
         let deleted = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let deleted = sqlx::query("DELETE FROM connections WHERE id = $1")
@@ -155,8 +169,11 @@ impl Store {
                 .bind(id.as_uuid())
                 .execute(&mut *tx)
                 .await?;
-            if deleted == 1 && self.backend() == Backend::Postgres {
-                notify_change!(&mut *tx, id);
+            if deleted == 1 {
+                insert_events!(tx, events);
+                if self.backend() == Backend::Postgres {
+                    notify_change!(&mut *tx, id);
+                }
             }
             tx.commit().await?;
             deleted

@@ -25,6 +25,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use client_secrets::{NotificationRecord, SecretChange};
+pub use events::{EventFilter, Handouts, StoredEvent};
 pub use grantless::{GrantlessKey, GrantlessLease, grantless_owner};
 pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, PreviousSecret, StoredToken};
@@ -161,6 +162,8 @@ macro_rules! connection_columns {
     };
 }
 
+#[macro_use]
+mod events;
 mod api_keys;
 mod client_secrets;
 mod connections;

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::rows::{ConnectionColumns, bind_connection};
 use super::{CHANGES_CHANNEL, ConnectionRow, Pool, Store, StoreError, UPDATE_CONNECTION};
 use crate::domain::ConnectionId;
+use crate::events::NewEvent;
 
 /// Claims the lease of row `$1` for `$3` for `$2` seconds, unless another holder's lease
 /// is still running; returns the row when claimed. Postgres's clock decides, so replicas'
@@ -196,20 +197,27 @@ impl TokenLease {
     /// `Conflict` if the row changed (or went) since it was read, or the lease ran out
     /// and another fetch took it. With `announce`, every replica hears of the change when
     /// it commits.
-    pub async fn write(mut self, row: &ConnectionRow, announce: bool) -> Result<(), StoreError> {
+    pub async fn write(
+        mut self,
+        row: &ConnectionRow,
+        announce: bool,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
         let columns = ConnectionColumns::from(row);
         let (pool, holder) = match std::mem::replace(&mut self.held, Held::GivenUp) {
             Held::Lease { pool, holder } => (pool, holder),
             Held::Nothing(pool) => {
+                let mut tx = pool.begin().await?;
                 let updated = bind_connection(sqlx::query(UPDATE_CONNECTION), columns)
-                    .execute(&pool)
+                    .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                return if updated == 1 {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict)
-                };
+                if updated != 1 {
+                    return Err(StoreError::Conflict);
+                }
+                insert_events!(tx, events);
+                tx.commit().await?;
+                return Ok(());
             }
             Held::GivenUp => unreachable!("write and release take the lease by value"),
         };
@@ -223,6 +231,7 @@ impl TokenLease {
             if updated != 1 {
                 return Err(StoreError::Conflict);
             }
+            insert_events!(tx, events);
             if announce {
                 notify_change!(&mut *tx, self.id);
             }

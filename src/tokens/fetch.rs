@@ -19,6 +19,7 @@ use crate::domain::{
     AccessToken, ClientSecret, ClientSecrets, ConnectionId, ConnectionStatus, LastError,
     RefreshToken, now,
 };
+use crate::events::connection_events;
 use crate::store::{ConnectionRow, StoreError, StoredToken};
 
 /// Fetches a token meeting `need` and caches it, or drops the cached one when the
@@ -89,12 +90,19 @@ async fn fetch(
         .refresh(&row.connection.client_id, &client_secrets, &refresh_token)
         .await;
     let sent_refresh_token = row.refresh_token.clone();
+    let before = row.clone();
     let outcome = record_exchange(service, &mut row, &refresh_token, exchanged, need, now);
+    // A token exchange records only what it did to the status; a new token, a noted
+    // transient failure are not changes worth an event.
+    let events: Vec<_> = connection_events(Some(&before), Some(&row))
+        .into_iter()
+        .filter(|event| event.kind == "connection.status_changed")
+        .collect();
     let rotated = row.refresh_token != sent_refresh_token;
     let refused = matches!(outcome, Err(TokenError::Rejected(_)));
     // A refusal is announced: every replica drops its token for this connection when the
     // write commits.
-    let written = lease.write(&row, refused).await;
+    let written = lease.write(&row, refused, &events).await;
     match (outcome, written) {
         (Ok(token), Ok(())) => {
             tracing::info!(connection_id = %id, "fetched an access token from LWA");

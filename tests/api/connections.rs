@@ -197,7 +197,7 @@ async fn new_credentials_send_the_connection_back_to_pending(backend: Backend) {
         let mut row = store.get_connection(id).await.unwrap();
         row.connection.status = ConnectionStatus::Active;
         row.version += 1;
-        store.update_connection(&row).await.unwrap();
+        store.update_connection(&row, &[]).await.unwrap();
     };
 
     // Re-sending the same credentials, or changing non-credentials, keeps the status.

@@ -8,6 +8,7 @@ mod logs;
 mod proxy;
 
 mod api_keys;
+mod audit;
 mod client_secrets;
 mod connection_tests;
 mod connections;

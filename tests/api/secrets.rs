@@ -158,12 +158,12 @@ async fn ciphertext_moved_to_another_row_or_field_does_not_decrypt(backend: Back
     let mut row_b = store.get_connection(id(&b)).await.unwrap();
     row_b.client_secret = row_a.client_secret.clone();
     row_b.version += 1;
-    store.update_connection(&row_b).await.unwrap();
+    store.update_connection(&row_b, &[]).await.unwrap();
     let mut swapped = row_a.clone();
     swapped.client_secret = row_a.refresh_token.clone();
     swapped.access_token = None;
     swapped.version += 1;
-    store.update_connection(&swapped).await.unwrap();
+    store.update_connection(&swapped, &[]).await.unwrap();
 
     for connection in [&b, &a] {
         let response = authorize(connection).await;

@@ -25,25 +25,25 @@ async fn a_stale_update_is_a_conflict_and_a_missing_row_not_found(backend: Backe
     let read_once = store.get_connection(id).await.unwrap();
     let mut first = read_once.clone();
     first.version += 1;
-    store.update_connection(&first).await.unwrap();
+    store.update_connection(&first, &[]).await.unwrap();
     let mut stale = read_once;
     stale.version += 1;
     assert!(matches!(
-        store.update_connection(&stale).await,
+        store.update_connection(&stale, &[]).await,
         Err(StoreError::Conflict)
     ));
 
-    store.delete_connection(id).await.unwrap();
+    store.delete_connection(id, &[]).await.unwrap();
     assert!(matches!(
         store.get_connection(id).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.update_connection(&first).await,
+        store.update_connection(&first, &[]).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        store.delete_connection(id).await,
+        store.delete_connection(id, &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -71,7 +71,7 @@ async fn every_column_round_trips(backend: Backend) {
         expires_at: at + chrono::TimeDelta::hours(1),
     });
     row.version += 1;
-    store.update_connection(&row).await.unwrap();
+    store.update_connection(&row, &[]).await.unwrap();
 
     let read = store.get_connection(id).await.unwrap();
     assert_eq!(read.version, row.version);

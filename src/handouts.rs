@@ -1,0 +1,75 @@
+//! The token hand-out trail: which API key was handed which connection's token, how many
+//! times, in which minute. Counted in memory on the hot path (no database write per
+//! request) and added to the database every few seconds. A crash loses at most the counts
+//! of the last `FLUSH_INTERVAL`; a failed flush keeps its counts for the next one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
+use crate::domain::{ApiKeyId, ConnectionId, now};
+use crate::store::{Handouts, Store};
+
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+type Key = (ApiKeyId, ConnectionId, DateTime<Utc>);
+
+#[derive(Clone)]
+pub struct HandoutTrail {
+    store: Store,
+    counts: Arc<Mutex<HashMap<Key, i64>>>,
+}
+
+impl HandoutTrail {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Counts one token handed to `api_key` for `connection`.
+    pub fn record(&self, api_key: ApiKeyId, connection: ConnectionId) {
+        let minute = now()
+            .duration_trunc(TimeDelta::minutes(1))
+            .expect("a minute fits");
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry((api_key, connection, minute)).or_default() += 1;
+    }
+
+    /// Adds what was counted since the last flush to the database.
+    pub async fn flush(&self) {
+        let taken = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+        if taken.is_empty() {
+            return;
+        }
+        let rows: Vec<Handouts> = taken
+            .iter()
+            .map(|(&(api_key_id, connection_id, minute), &count)| Handouts {
+                api_key_id,
+                connection_id,
+                minute,
+                count,
+            })
+            .collect();
+        if let Err(err) = self.store.add_handouts(&rows).await {
+            tracing::warn!(error = %err, "could not write the token hand-out trail; kept for the next flush");
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, count) in taken {
+                *counts.entry(key).or_default() += count;
+            }
+        }
+    }
+
+    /// Flushes every `FLUSH_INTERVAL`, for good.
+    pub async fn flush_periodically(self) {
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush().await;
+        }
+    }
+}

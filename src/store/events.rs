@@ -1,0 +1,185 @@
+//! The event record (`crate::events`): written by `insert_events!` inside the transaction
+//! of each change, read newest first by the audit trail. And the token hand-out counts.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::domain::{ApiKeyId, ConnectionId};
+
+/// Inserts each `crate::events::NewEvent` of `$events` on `$executor` (a transaction's
+/// connection), `?` on failure: the change and its events commit together or not at all.
+macro_rules! insert_events {
+    ($executor:expr, $events:expr) => {
+        for event in $events {
+            let event: &$crate::events::NewEvent = event;
+            sqlx::query(
+                "INSERT INTO events (id, type, occurred_at, actor, target_type, target_id, \
+                 connection_id, request_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(event.id)
+            .bind(event.kind)
+            .bind(event.occurred_at)
+            .bind(&event.actor)
+            .bind(event.target_type)
+            .bind(&event.target_id)
+            .bind(event.connection_id.map(|id| id.as_uuid()))
+            .bind(event.request_id.as_deref())
+            .bind(event.body.to_string())
+            .execute(&mut *$executor)
+            .await?;
+        }
+    };
+}
+
+/// An event as the audit trail shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub connection_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// Which events to list; `before` is the cursor (newest first).
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub connection_id: Option<ConnectionId>,
+    pub actor: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub before: Option<Uuid>,
+}
+
+type EventColumns = (
+    Uuid,
+    String,
+    DateTime<Utc>,
+    String,
+    String,
+    String,
+    Option<Uuid>,
+    Option<String>,
+    String,
+);
+
+/// One row of the hand-out trail: how many tokens a key was handed for a connection in
+/// one minute.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Handouts {
+    pub api_key_id: ApiKeyId,
+    pub connection_id: ConnectionId,
+    pub minute: DateTime<Utc>,
+    pub count: i64,
+}
+
+impl Store {
+    /// Events matching `filter`, newest first, at most `limit`.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = "SELECT id, type, occurred_at, actor, target_type, target_id, connection_id, \
+                   request_id, body FROM events \
+                   WHERE ($1 IS NULL OR connection_id = $1) AND ($2 IS NULL OR actor = $2) \
+                     AND ($3 IS NULL OR type = $3) AND ($4 IS NULL OR occurred_at >= $4) \
+                     AND ($5 IS NULL OR occurred_at < $5) AND ($6 IS NULL OR id < $6) \
+                   ORDER BY id DESC LIMIT $7";
+        let rows: Vec<EventColumns> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(filter.connection_id.map(|id| id.as_uuid()))
+            .bind(filter.actor.as_deref())
+            .bind(filter.kind.as_deref())
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.before)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    kind,
+                    occurred_at,
+                    actor,
+                    target_type,
+                    target_id,
+                    connection_id,
+                    request_id,
+                    body,
+                )| {
+                    let body = serde_json::from_str(&body)
+                        .map_err(|err| StoreError::Corrupt(format!("events.body: {err}")))?;
+                    Ok(StoredEvent {
+                        id,
+                        kind,
+                        occurred_at,
+                        actor,
+                        target_type,
+                        target_id,
+                        connection_id,
+                        request_id,
+                        body,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Adds counted hand-outs to the trail, in one transaction.
+    pub async fn add_handouts(&self, counts: &[Handouts]) -> Result<(), StoreError> {
+        let sql = "INSERT INTO token_handouts (api_key_id, connection_id, minute, count) \
+                   VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (connection_id, minute, api_key_id) \
+                   DO UPDATE SET count = token_handouts.count + excluded.count";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for handouts in counts {
+                sqlx::query(sql)
+                    .bind(handouts.api_key_id.as_uuid())
+                    .bind(handouts.connection_id.as_uuid())
+                    .bind(handouts.minute)
+                    .bind(handouts.count)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The hand-out trail of a connection and/or a key, newest minute first.
+    pub async fn list_handouts(
+        &self,
+        connection_id: Option<ConnectionId>,
+        api_key_id: Option<ApiKeyId>,
+        limit: u32,
+    ) -> Result<Vec<Handouts>, StoreError> {
+        let sql = "SELECT api_key_id, connection_id, minute, count FROM token_handouts \
+                   WHERE ($1 IS NULL OR connection_id = $1) AND ($2 IS NULL OR api_key_id = $2) \
+                   ORDER BY minute DESC, connection_id, api_key_id LIMIT $3";
+        let rows: Vec<(Uuid, Uuid, DateTime<Utc>, i64)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(connection_id.map(|id| id.as_uuid()))
+            .bind(api_key_id.map(|id| id.as_uuid()))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(api_key_id, connection_id, minute, count)| Handouts {
+                api_key_id: api_key_id.into(),
+                connection_id: connection_id.into(),
+                minute,
+                count,
+            })
+            .collect())
+    }
+}
