@@ -24,6 +24,7 @@ use crate::domain::{ApiKeyName, Scope};
 use crate::handouts::HandoutTrail;
 use crate::store::Store;
 use crate::tokens::TokenService;
+use crate::webhooks::Webhooks;
 use crate::website_auth::WebsiteAuthorization;
 
 /// Where the first admin key goes when there is no terminal to show it on.
@@ -40,6 +41,7 @@ pub struct AppState {
     pub website_auth: WebsiteAuthorization,
     pub secrets: ApplicationSecrets,
     pub handouts: HandoutTrail,
+    pub webhooks: Webhooks,
     pub metrics: PrometheusHandle,
     /// The longest a request may take.
     pub request_timeout: std::time::Duration,
@@ -95,7 +97,7 @@ impl Application {
         let connections = Connections::new(store.clone(), keyring.clone(), tokens.clone());
         let secrets = ApplicationSecrets::new(
             store.clone(),
-            keyring,
+            keyring.clone(),
             tokens.clone(),
             SpApiClient::new(&config.spapi),
         );
@@ -111,8 +113,10 @@ impl Application {
             config.website_auth.clone(),
         );
         let handouts = HandoutTrail::new(store.clone());
+        let webhooks = Webhooks::new(store.clone(), keyring.clone(), config.webhooks.clone());
         let state = AppState {
             handouts,
+            webhooks,
             connections,
             tester,
             website_auth,
@@ -148,6 +152,8 @@ impl Application {
             tokio::spawn(self.state.tokens.clone().follow_changes(changes)),
             tokio::spawn(self.state.tokens.clone().recheck_cached_periodically()),
             tokio::spawn(self.state.handouts.clone().flush_periodically()),
+            tokio::spawn(self.state.webhooks.clone().deliver_periodically()),
+            tokio::spawn(self.state.webhooks.clone().warn_expiring_periodically()),
         ];
         let store = self.state.store.clone();
         let handouts = self.state.handouts.clone();

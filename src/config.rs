@@ -18,6 +18,7 @@ use crate::crypto::Keyring;
 use crate::domain::ApiKeyToken;
 use crate::http::ConnectionLimits;
 use crate::tokens::TokenSettings;
+use crate::webhooks::WebhookSettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/registry.db";
 /// Key id of a master key generated for the embedded default.
@@ -193,6 +194,8 @@ pub struct Config {
     pub spapi: SpApiSettings,
     /// Refresh-ahead pacing (likewise).
     pub tokens: TokenSettings,
+    /// Webhook delivery pacing (likewise).
+    pub webhooks: WebhookSettings,
 }
 
 impl Config {
@@ -274,6 +277,7 @@ impl Config {
             lwa: LwaSettings::default(),
             spapi: SpApiSettings::default(),
             tokens: TokenSettings::default().within_request_timeout(request_timeout),
+            webhooks: WebhookSettings::default(),
         })
     }
 }

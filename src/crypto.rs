@@ -25,6 +25,8 @@ pub enum Field {
     AccessToken,
     /// The known plaintext that proves at start-up that a key is the right one.
     KeyCheck,
+    /// A webhook endpoint's signing secret.
+    WebhookSecret,
 }
 
 impl Field {
@@ -34,6 +36,7 @@ impl Field {
             Field::RefreshToken => "refresh_token",
             Field::AccessToken => "access_token",
             Field::KeyCheck => "key_check",
+            Field::WebhookSecret => "webhook_secret",
         }
     }
 }

@@ -61,6 +61,7 @@ pub enum Target {
     Connection(ConnectionId),
     ApiKey(ApiKeyId),
     ClientSecret(ClientId),
+    WebhookEndpoint(Uuid),
 }
 
 /// One event, ready to be written with its change.
@@ -85,6 +86,7 @@ impl NewEvent {
             Target::Connection(id) => ("connection", id.to_string(), Some(id)),
             Target::ApiKey(id) => ("api_key", id.to_string(), None),
             Target::ClientSecret(client_id) => ("client_secret", client_id.to_string(), None),
+            Target::WebhookEndpoint(id) => ("webhook_endpoint", id.to_string(), None),
         };
         Self {
             id: Uuid::now_v7(),

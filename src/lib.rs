@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;
+pub mod webhooks;
 pub mod website_auth;

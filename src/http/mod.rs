@@ -12,6 +12,7 @@ mod oauth;
 mod serve;
 mod spapi;
 mod tokens;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(client_secrets::router())
         .merge(audit::router())
+        .merge(webhooks::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -8,7 +8,8 @@ use super::{Store, StoreError};
 use crate::domain::{ApiKeyId, ConnectionId};
 
 /// Inserts each `crate::events::NewEvent` of `$events` on `$executor` (a transaction's
-/// connection), `?` on failure: the change and its events commit together or not at all.
+/// connection), with a webhook delivery for each endpoint that takes its type; `?` on
+/// failure: the change, its events and their deliveries commit together or not at all.
 macro_rules! insert_events {
     ($executor:expr, $events:expr) => {
         for event in $events {
@@ -26,6 +27,20 @@ macro_rules! insert_events {
             .bind(event.connection_id.map(|id| id.as_uuid()))
             .bind(event.request_id.as_deref())
             .bind(event.body.to_string())
+            .execute(&mut *$executor)
+            .await?;
+            // Its webhook deliveries, queued with it: an event no transaction committed is
+            // never sent.
+            sqlx::query(
+                "INSERT INTO webhook_deliveries \
+                 (event_id, endpoint_id, status, attempts, next_attempt_at, created_at) \
+                 SELECT $1, s.endpoint_id, 'pending', 0, $2, $2 FROM webhook_subscriptions s \
+                 JOIN webhook_endpoints e ON e.id = s.endpoint_id \
+                 WHERE s.event_type = $3 AND e.deleted_at IS NULL",
+            )
+            .bind(event.id)
+            .bind(event.occurred_at)
+            .bind(event.kind)
             .execute(&mut *$executor)
             .await?;
         }

@@ -31,6 +31,7 @@ pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, PreviousSecret, StoredToken};
 pub use sealed::{SealedConnection, SealedGrantless};
 pub use tokens::{Change, ChangeListener, TokenFacts, TokenLease};
+pub use webhooks::{AttemptOutcome, DeliveryRecord, DueDelivery, WebhookEndpointRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -174,6 +175,7 @@ mod rows;
 mod sealed;
 mod sqlite;
 mod tokens;
+mod webhooks;
 
 const SELECT_CONNECTION: &str = concat!(
     "SELECT ",

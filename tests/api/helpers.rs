@@ -283,7 +283,7 @@ pub fn patient_lwa(config: &mut Config) {
     config.lwa.request_timeout = Duration::from_secs(10);
 }
 
-/// Test pace: LWA retries in milliseconds, so failure tests stay quick.
+/// Test pace: LWA retries and webhook deliveries in milliseconds, so tests stay quick.
 fn quick_lwa(config: &mut Config) {
     config.lwa = LwaSettings {
         connect_timeout: Duration::from_secs(1),
@@ -291,6 +291,16 @@ fn quick_lwa(config: &mut Config) {
         max_attempts: 3,
         base_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(1500),
+    };
+    // Webhooks at test pace too: deliveries looked for every 100 ms, retried after
+    // about 100 ms.
+    config.webhooks = connection_registry::webhooks::WebhookSettings {
+        poll_interval: Duration::from_millis(100),
+        base_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        timeout: Duration::from_secs(2),
+        expiry_check_interval: Duration::from_millis(200),
+        ..Default::default()
     };
 }
 

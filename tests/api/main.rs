@@ -27,4 +27,5 @@ mod token_cache;
 mod token_failures;
 mod tokens;
 mod validation;
+mod webhooks;
 mod website_auth;
