@@ -154,6 +154,9 @@ impl Application {
             tokio::spawn(self.state.handouts.clone().flush_periodically()),
             tokio::spawn(self.state.webhooks.clone().deliver_periodically()),
             tokio::spawn(self.state.webhooks.clone().warn_expiring_periodically()),
+            tokio::spawn(crate::metrics::gauges_periodically(
+                self.state.store.clone(),
+            )),
         ];
         let store = self.state.store.clone();
         let handouts = self.state.handouts.clone();

@@ -182,8 +182,26 @@ impl SpApiClient {
         self.send(request, token).await
     }
 
-    /// Sends `request` with `token`; the body of a 2xx, or the error it means.
+    /// Sends `request` with `token`; the body of a 2xx, or the error it means. Counted in
+    /// `registry_spapi_requests_total{outcome}` and timed.
     async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: &AccessToken,
+    ) -> Result<Vec<u8>, SpApiError> {
+        let started = std::time::Instant::now();
+        let result = self.send_once(request, token).await;
+        metrics::histogram!("registry_spapi_request_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.code(),
+        };
+        metrics::counter!("registry_spapi_requests_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn send_once(
         &self,
         request: reqwest::RequestBuilder,
         token: &AccessToken,

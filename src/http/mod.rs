@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         // Events the request causes name it, and its caller.
         .layer(axum::middleware::from_fn(within_request))
+        .layer(axum::middleware::from_fn(record_http_metrics))
         // Inside the trace, so a timed-out request is logged with its 503.
         .layer(axum::middleware::from_fn(move |request, next| {
             time_limit(request_timeout, request, next)
@@ -135,4 +136,35 @@ async fn within_request(
         .unwrap_or("")
         .to_owned();
     crate::events::within_request(request_id, next.run(request)).await
+}
+
+/// `registry_http_requests_total{method, route, status}` and
+/// `registry_http_request_duration_seconds{method, route}`: the route template, never the
+/// path (it holds ids).
+async fn record_http_metrics(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        "registry_http_request_duration_seconds",
+        "method" => method.clone(),
+        "route" => route.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "registry_http_requests_total",
+        "method" => method,
+        "route" => route,
+        "status" => status
+    )
+    .increment(1);
+    response
 }

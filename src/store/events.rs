@@ -198,3 +198,42 @@ impl Store {
             .collect())
     }
 }
+
+/// What the gauges at `/metrics` show, read in a few cheap queries.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub connections_by_status: Vec<(String, i64)>,
+    pub soonest_secret_expiry: Option<DateTime<Utc>>,
+    pub oldest_pending_delivery: Option<DateTime<Utc>>,
+    /// Database connections open, and of those idle.
+    pub pool_size: u32,
+    pub pool_idle: usize,
+}
+
+impl Store {
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        let connections_by_status: Vec<(String, i64)> = on_pool!(self, pool => sqlx::query_as(
+                "SELECT status, COUNT(*) FROM connections GROUP BY status ORDER BY status",
+            )
+            .fetch_all(pool)
+            .await)?;
+        let (soonest_secret_expiry,): (Option<DateTime<Utc>>,) = on_pool!(self, pool =>
+            sqlx::query_as("SELECT MIN(client_secret_expires_at) FROM connections")
+                .fetch_one(pool)
+                .await)?;
+        let (oldest_pending_delivery,): (Option<DateTime<Utc>>,) = on_pool!(self, pool =>
+            sqlx::query_as(
+                "SELECT MIN(created_at) FROM webhook_deliveries WHERE status = 'pending'",
+            )
+            .fetch_one(pool)
+            .await)?;
+        let (pool_size, pool_idle) = on_pool!(self, pool => (pool.size(), pool.num_idle()));
+        Ok(Gauges {
+            connections_by_status,
+            soonest_secret_expiry,
+            oldest_pending_delivery,
+            pool_size,
+            pool_idle,
+        })
+    }
+}

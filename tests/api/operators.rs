@@ -548,6 +548,7 @@ fn is_counted(series: &str) -> bool {
         || series.starts_with("registry_token_failures_total")
         || series.starts_with("registry_lwa_requests_total")
         || series == "registry_lwa_request_seconds_count"
+        || (series.starts_with("registry_http_requests_total") && series.contains("/token"))
 }
 
 async fn metrics_count_exactly_the_requests_a_server_process_served() {
@@ -673,6 +674,14 @@ async fn metrics_count_exactly_the_requests_a_server_process_served() {
             1.0,
         ),
         ("registry_lwa_request_seconds_count", 2.0),
+        (
+            r#"registry_http_requests_total{method="GET",route="/connections/{id}/token",status="200"}"#,
+            6.0,
+        ),
+        (
+            r#"registry_http_requests_total{method="GET",route="/connections/{id}/token",status="409"}"#,
+            1.0,
+        ),
     ]);
     assert_eq!(
         changed, expected,

@@ -64,6 +64,13 @@ fn routes() -> Vec<Route> {
         route(Method::PUT, "/client-secrets/{client_id}", StatusCode::OK, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::POST, "/client-secrets/{client_id}/rotate", StatusCode::ACCEPTED, "connections:write", true, [U, U, F, F, Y, Y]),
         route(Method::POST, "/notifications/sp-api", StatusCode::OK, "admin", true, [U, U, F, F, F, Y]),
+        route(Method::GET, "/audit-events", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
+        route(Method::GET, "/token-handouts", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
+        // Endpoints are not in the admin's view above (webhooks.rs counts them).
+        route(Method::POST, "/webhook-endpoints", StatusCode::CREATED, "admin", false, [U, U, F, F, F, Y]),
+        route(Method::GET, "/webhook-endpoints", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
+        route(Method::DELETE, "/webhook-endpoints/{webhook}", StatusCode::NO_CONTENT, "admin", false, [U, U, F, F, F, Y]),
+        route(Method::GET, "/webhook-endpoints/{webhook}/deliveries", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
         // The seller's browser has no key; without Amazon's parameters it is a bad request.
         route(Method::GET, "/oauth/callback", StatusCode::BAD_REQUEST, "", false, [Y, Y, Y, Y, Y, Y]),
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
@@ -114,7 +121,8 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
                 .path
                 .replace("{connection}", connection["id"].as_str().unwrap())
                 .replace("{api_key}", &doomed_key_id)
-                .replace("{client_id}", CLIENT_ID);
+                .replace("{client_id}", CLIENT_ID)
+                .replace("{webhook}", &webhook_fixture(&app).await);
             let body = match (&route.method, route.path) {
                 (&Method::POST, "/connections") => Some(connection_body(n + 1000)),
                 (&Method::POST, "/api-keys") => {
@@ -122,6 +130,10 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
                 }
                 (&Method::PATCH, _) => Some(json!({"name": "renamed"})),
                 (&Method::PUT, _) => Some(json!({"client_secret": client_secret(n + 5000)})),
+                (&Method::POST, "/webhook-endpoints") => Some(json!({
+                    "url": "http://127.0.0.1:9/never",
+                    "events": ["connection.client_secret_expiring"],
+                })),
                 (&Method::POST, "/notifications/sp-api") => Some(json!({
                     "notificationType": "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY",
                     "eventTime": chrono::Utc::now().to_rfc3339(),
@@ -174,4 +186,20 @@ async fn every_route_answers_each_caller_as_its_scope_allows(backend: Backend) {
             }
         }
     }
+}
+
+/// A fresh webhook endpoint (on loopback, never reached: no secret here expires within 14
+/// days, so the event it takes never happens).
+async fn webhook_fixture(app: &TestApp) -> String {
+    let response = app
+        .post(
+            "/webhook-endpoints",
+            ADMIN_KEY,
+            &json!({"url": "http://127.0.0.1:9/never", "events": ["connection.client_secret_expiring"]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    crate::logs::secret(body["secret"].as_str().unwrap());
+    body["id"].as_str().unwrap().to_owned()
 }
