@@ -184,6 +184,7 @@ impl SpApiClient {
 
     /// Sends `request` with `token`; the body of a 2xx, or the error it means. Counted in
     /// `registry_spapi_requests_total{outcome}` and timed.
+    #[tracing::instrument(name = "spapi", skip_all)]
     async fn send(
         &self,
         request: reqwest::RequestBuilder,

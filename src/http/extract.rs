@@ -164,6 +164,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
             .ok_or(ApiError::Unauthorized)?;
         let key = state.api_keys.verify(&presented).await?;
         crate::events::set_caller(key.id);
+        tracing::Span::current().record("api_key_id", tracing::field::display(key.id));
         if let Some(scope) = S::SCOPE.filter(|scope| !key.allows(*scope)) {
             return Err(ApiError::Forbidden(scope));
         }

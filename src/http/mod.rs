@@ -43,7 +43,16 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(drop_insane_request_id))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // One line per request, with its status and latency.
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Millis),
+                ),
+        )
         // Events the request causes name it, and its caller.
         .layer(axum::middleware::from_fn(within_request))
         .layer(axum::middleware::from_fn(record_http_metrics))
@@ -89,6 +98,8 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         route,
         path = %request.uri().path(),
         request_id,
+        // Filled in once the API key is checked.
+        api_key_id = tracing::field::Empty,
     )
 }
 

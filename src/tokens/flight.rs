@@ -64,8 +64,10 @@ where
     {
         let mut under_way = self.lock();
         if let Some((_, flight)) = under_way.get(&id) {
+            metrics::counter!("registry_single_flight_total", "role" => "joined").increment(1);
             return flight.clone();
         }
+        metrics::counter!("registry_single_flight_total", "role" => "started").increment(1);
         let number = self.numbers.fetch_add(1, Ordering::Relaxed);
         let landing = Landing {
             flights: self.clone(),

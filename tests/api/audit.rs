@@ -348,7 +348,24 @@ async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
     let event = &events(&app, &format!("?connection_id={id}")).await[0];
     assert_eq!(event["request_id"], "checkout-7f3a.1:b");
     let logged = crate::logs::lines_containing("checkout-7f3a.1:b");
-    assert!(!logged.is_empty(), "the request's log lines carry its id");
+    let finished: Vec<&String> = logged
+        .iter()
+        .filter(|line| line.contains("finished processing request"))
+        .collect();
+    assert_eq!(
+        finished.len(),
+        1,
+        "one line per request, carrying its id: {logged:?}"
+    );
+    let admin = admin_id(&app).await;
+    for needed in [
+        "status=201",
+        "latency=",
+        "route=\"/connections\"",
+        admin.as_str(),
+    ] {
+        assert!(finished[0].contains(needed), "{needed} in {}", finished[0]);
+    }
 
     let (returned, id) = send("two words", 2).await;
     assert!(
