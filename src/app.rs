@@ -112,7 +112,7 @@ impl Application {
             lwa,
             config.website_auth.clone(),
         );
-        let handouts = HandoutTrail::new(store.clone());
+        let handouts = HandoutTrail::new(store.clone(), config.tokens.handout_flush);
         let webhooks = Webhooks::new(store.clone(), keyring.clone(), config.webhooks.clone());
         let state = AppState {
             handouts,

@@ -1,7 +1,8 @@
 //! The token hand-out trail: which API key was handed which connection's token, how many
 //! times, in which minute. Counted in memory on the hot path (no database write per
-//! request) and added to the database every few seconds. A crash loses at most the counts
-//! of the last `FLUSH_INTERVAL`; a failed flush keeps its counts for the next one.
+//! request) and added to the database every few seconds (`TokenSettings::handout_flush`,
+//! 5 s). A crash loses at most the counts of the last interval; a failed flush keeps its
+//! counts for the next one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,21 +13,21 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use crate::domain::{ApiKeyId, ConnectionId, now};
 use crate::store::{Handouts, Store};
 
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-
 type Key = (ApiKeyId, ConnectionId, DateTime<Utc>);
 
 #[derive(Clone)]
 pub struct HandoutTrail {
     store: Store,
     counts: Arc<Mutex<HashMap<Key, i64>>>,
+    flush_interval: Duration,
 }
 
 impl HandoutTrail {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, flush_interval: Duration) -> Self {
         Self {
             store,
             counts: Arc::default(),
+            flush_interval,
         }
     }
 
@@ -63,9 +64,9 @@ impl HandoutTrail {
         }
     }
 
-    /// Flushes every `FLUSH_INTERVAL`, for good.
+    /// Flushes every interval, for good.
     pub async fn flush_periodically(self) {
-        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -31,6 +31,9 @@ pub struct TokenSettings {
     /// After this long without a notification, the change listener checks its link
     /// (and gives it as long to answer).
     pub listener_heartbeat: Duration,
+    /// How often the token hand-out counts are written (`crate::handouts`): what a crash
+    /// can lose.
+    pub handout_flush: Duration,
 }
 
 impl TokenSettings {
@@ -54,6 +57,7 @@ impl Default for TokenSettings {
             lease_wait: Duration::from_secs(45),
             recheck_interval: Duration::from_secs(5),
             listener_heartbeat: Duration::from_secs(5),
+            handout_flush: Duration::from_secs(5),
         }
     }
 }

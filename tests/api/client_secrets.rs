@@ -158,6 +158,42 @@ async fn a_new_secret_reaches_every_connection_of_the_application(backend: Backe
     }
     assert_eq!(read(&app, &other).await, other_before);
     assert_eq!(fake.calls(), calls, "nothing asked of LWA yet");
+    // The audit trail: one event for the application, and the two refused connections'
+    // return to `pending`.
+    let replaced = app
+        .get_json("/audit-events?type=client_secret.replaced")
+        .await;
+    let replaced = &replaced["items"][0];
+    assert_eq!(replaced["target_id"], CLIENT_ID);
+    assert_eq!(replaced["body"]["connections"], 3);
+    assert_eq!(replaced["body"]["hint"], hint(&new));
+    let reset = app
+        .get_json("/audit-events?type=connection.status_changed&limit=2")
+        .await;
+    let mut reset: Vec<(String, String)> = reset["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["target_id"].as_str().unwrap().to_owned(),
+                format!("{} -> {}", e["body"]["from"], e["body"]["to"]),
+            )
+        })
+        .collect();
+    reset.sort();
+    let mut expected = vec![
+        (
+            invalid.clone(),
+            r#""client_credentials_invalid" -> "pending""#.to_owned(),
+        ),
+        (
+            expired.clone(),
+            r#""client_secret_expired" -> "pending""#.to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(reset, expected);
 
     // The next token of each comes from LWA, with the new secret.
     for id in [&active, &invalid, &expired] {

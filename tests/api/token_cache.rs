@@ -99,6 +99,9 @@ async fn a_tick_reads_nothing_for_tokens_not_due() {
         // Their queries are not what is measured here.
         config.tokens.recheck_interval = Duration::from_secs(3600);
         config.tokens.listener_heartbeat = Duration::from_secs(3600);
+        config.tokens.handout_flush = Duration::from_secs(3600);
+        config.webhooks.poll_interval = Duration::from_secs(3600);
+        config.webhooks.expiry_check_interval = Duration::from_secs(3600);
     })
     .await;
     let mut ids = Vec::new();
