@@ -697,6 +697,26 @@ async fn metrics_count_exactly_the_requests_a_server_process_served() {
         "two loopback LWA calls took {lwa_seconds} s"
     );
 
+    // The gauges read from the database, every 15 s: one connection of each status,
+    // client secrets estimated to expire in 180 days.
+    let mut gauges = HashMap::new();
+    for _ in 0..40 {
+        gauges = scrape(&server, &worker).await;
+        if gauges.get(r#"registry_connections{status="refresh_token_invalid"}"#) == Some(&1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(gauges[r#"registry_connections{status="active"}"#], 1.0);
+    assert_eq!(
+        gauges[r#"registry_connections{status="refresh_token_invalid"}"#],
+        1.0
+    );
+    let days = gauges["registry_client_secret_soonest_expiry_seconds"] / 86_400.0;
+    assert!((179.0..=180.0).contains(&days), "{days} days");
+    assert_eq!(gauges["registry_webhook_oldest_pending_seconds"], 0.0);
+    assert!(gauges[r#"registry_db_connections{state="idle"}"#] >= 0.0);
+
     let (status, output) = server.terminate().await;
     assert_eq!(
         status.code(),
