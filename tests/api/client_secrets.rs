@@ -15,7 +15,7 @@ use crate::helpers::{
     problem, spawn_with_amazon,
 };
 use crate::operators::cli;
-use crate::tokens::{read, token_ok};
+use crate::tokens::{authorize, read, token_ok};
 
 both_backends!(
     a_new_secret_reaches_every_connection_of_the_application,
@@ -70,13 +70,7 @@ async fn a_new_secret_reaches_every_connection_of_the_application(backend: Backe
     let expired = authorized(&app, 3, CLIENT_ID).await;
     let other = authorized(&app, 4, OTHER_CLIENT_ID).await;
     fake.refuse_client_secret(&client_secret(2));
-    let response = app
-        .post(
-            &format!("/connections/{invalid}/authorize"),
-            ADMIN_KEY,
-            &json!({}),
-        )
-        .await;
+    let response = authorize(&app, &invalid).await;
     problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_client").await;
     fake.set_spapi_mode(SpApiMode::SecretExpired);
     let response = app
@@ -249,13 +243,7 @@ async fn the_replaced_secret_is_tried_once_while_its_grace_lasts(backend: Backen
             Utc::now() - Duration::seconds(1),
         )
         .await;
-    let response = app
-        .post(
-            &format!("/connections/{id}/authorize"),
-            ADMIN_KEY,
-            &json!({}),
-        )
-        .await;
+    let response = authorize(&app, &id).await;
     problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_client").await;
     assert_eq!(fake.calls_with_client_secret(&new), 2);
     assert_eq!(fake.calls_with_client_secret(&old), 2);
@@ -275,13 +263,7 @@ async fn a_rotation_brings_the_new_secret_by_notification(backend: Backend) {
     // The oldest connection's credentials were refused: the rotation goes through another.
     let refused = authorized(&app, 3, CLIENT_ID).await;
     fake.refuse_client_secret(&client_secret(3));
-    let response = app
-        .post(
-            &format!("/connections/{refused}/authorize"),
-            ADMIN_KEY,
-            &json!({}),
-        )
-        .await;
+    let response = authorize(&app, &refused).await;
     problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_client").await;
     let first = authorized(&app, 1, CLIENT_ID).await;
     let second = authorized(&app, 2, CLIENT_ID).await;

@@ -18,7 +18,7 @@ use crate::helpers::{
     settings,
 };
 use crate::operators::{BINARY, Run, cli_with_keys};
-use crate::tokens::{token, token_ok};
+use crate::tokens::{authorize, token, token_ok};
 
 both_backends!(
     a_rotation_rewraps_everything_while_tokens_are_served,
@@ -197,13 +197,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
         "the workers' fresher tokens came from LWA: {calls}"
     );
     for id in &ids {
-        let response = app
-            .post(
-                &format!("/connections/{id}/authorize"),
-                ADMIN_KEY,
-                &json!({}),
-            )
-            .await;
+        let response = authorize(&app, &id).await;
         assert_eq!(response.status(), StatusCode::OK, "authorize {id}");
     }
     assert_eq!(

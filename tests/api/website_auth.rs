@@ -14,7 +14,7 @@ use crate::helpers::{
     ADMIN_KEY, APPLICATION_ID, Backend, MASTER_KEYS, PUBLIC_URL, TestApp, TestDb, connection_body,
     problem, refresh_token, settings, spawn_app, spawn_with_amazon,
 };
-use crate::tokens::{read, token_ok};
+use crate::tokens::{authorize, read, token_ok};
 
 both_backends!(
     a_consent_returns_an_active_connection_with_the_new_refresh_token,
@@ -126,13 +126,7 @@ async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backe
     let id = public_connection(&app, 1, |_| {}).await;
     // The seller revoked the app: workers are stopped until a new authorization.
     fake.refuse_refresh_token(&refresh_token(1));
-    let response = app
-        .post(
-            &format!("/connections/{id}/authorize"),
-            ADMIN_KEY,
-            &json!({}),
-        )
-        .await;
+    let response = authorize(&app, &id).await;
     problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid_grant").await;
     let response = app
         .get(&format!("/connections/{id}/token"), ADMIN_KEY)
@@ -193,13 +187,7 @@ async fn a_consent_returns_an_active_connection_with_the_new_refresh_token(backe
         "the refused refresh, then only the code exchange"
     );
     // The next exchange sends the new refresh token.
-    let response = app
-        .post(
-            &format!("/connections/{id}/authorize"),
-            ADMIN_KEY,
-            &json!({}),
-        )
-        .await;
+    let response = authorize(&app, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.calls_for(&refresh_token(2)), 1);
     assert_eq!(fake.calls_for(&refresh_token(1)), 1, "only the refused one");
