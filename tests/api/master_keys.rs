@@ -197,7 +197,7 @@ async fn a_rotation_rewraps_everything_while_tokens_are_served(backend: Backend)
         "the workers' fresher tokens came from LWA: {calls}"
     );
     for id in &ids {
-        let response = authorize(&app, &id).await;
+        let response = authorize(&app, id).await;
         assert_eq!(response.status(), StatusCode::OK, "authorize {id}");
     }
     assert_eq!(
