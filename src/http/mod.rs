@@ -92,12 +92,19 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
+    // The connection a request is about, as its own field for log queries.
+    let connection_id = route
+        .starts_with("/connections/{id}")
+        .then(|| request.uri().path().split('/').nth(2))
+        .flatten()
+        .unwrap_or("");
     tracing::info_span!(
         "request",
         method = %request.method(),
         route,
         path = %request.uri().path(),
         request_id,
+        connection_id,
         // Filled in once the API key is checked.
         api_key_id = tracing::field::Empty,
     )

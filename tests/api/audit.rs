@@ -367,6 +367,24 @@ async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
         assert!(finished[0].contains(needed), "{needed} in {}", finished[0]);
     }
 
+    // A request about a connection names it in its span.
+    let response = app
+        .client
+        .get(app.url(&format!("/connections/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-request-id", "read-one-connection")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let read_lines = crate::logs::lines_containing("read-one-connection");
+    assert!(
+        read_lines
+            .iter()
+            .any(|line| line.contains(&format!("connection_id=\"{id}\""))),
+        "{read_lines:?}"
+    );
+
     let (returned, id) = send("two words", 2).await;
     assert!(
         uuid::Uuid::try_parse(&returned).is_ok(),
