@@ -424,3 +424,97 @@ mod tests {
         assert_eq!(format!("{ring:?}"), r#"Keyring { key_ids: ["k1"] }"#);
     }
 }
+
+/// Properties of the ciphertext decoder over generated inputs: it never panics, and
+/// whatever is not exactly what was sealed, for this owner and field, does not open.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn ring() -> Keyring {
+        Keyring::parse(&format!(
+            "k2:{},k1:{}",
+            STANDARD.encode([2u8; 32]),
+            STANDARD.encode([1u8; 32])
+        ))
+        .unwrap()
+    }
+
+    const FIELDS: [Field; 5] = [
+        Field::ClientSecret,
+        Field::RefreshToken,
+        Field::AccessToken,
+        Field::KeyCheck,
+        Field::WebhookSecret,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn what_is_sealed_opens_for_its_owner_and_field_only(
+            plaintext in "[ -~]{0,600}",
+            owner in "[a-z0-9-]{1,40}",
+            other_owner in "[a-z0-9-]{1,40}",
+            field in 0usize..5,
+            other_field in 0usize..5,
+        ) {
+            let ring = ring();
+            let sealed = ring.seal(&owner, FIELDS[field], &plaintext);
+            prop_assert_eq!(sealed.key_id(), Some("k2"));
+            let opened = ring.open(&owner, FIELDS[field], &sealed).unwrap();
+            prop_assert_eq!(opened.expose_secret(), plaintext.as_str());
+            if other_owner != owner {
+                prop_assert!(ring.open(&other_owner, FIELDS[field], &sealed).is_err());
+            }
+            if other_field != field {
+                prop_assert!(ring.open(&owner, FIELDS[other_field], &sealed).is_err());
+            }
+        }
+
+        #[test]
+        fn any_changed_or_cut_ciphertext_is_refused(
+            plaintext in "[ -~]{1,200}",
+            position in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let ring = ring();
+            let sealed = ring.seal("row", Field::RefreshToken, &plaintext);
+            let (prefix, encoded) = sealed.as_str().rsplit_once(':').unwrap();
+            let mut blob = STANDARD.decode(encoded).unwrap();
+            let at = position.index(blob.len());
+            blob[at] ^= flip;
+            let tampered = Sealed::from_stored(format!("{prefix}:{}", STANDARD.encode(&blob)));
+            prop_assert!(matches!(
+                ring.open("row", Field::RefreshToken, &tampered),
+                Err(CryptoError::Tampered(_))
+            ));
+            let text = sealed.as_str();
+            let truncated = Sealed::from_stored(text[..cut.index(text.len())].to_owned());
+            prop_assert!(ring.open("row", Field::RefreshToken, &truncated).is_err());
+        }
+
+        #[test]
+        fn another_key_id_is_named_and_garbage_never_panics(
+            key_id in "[a-z0-9]{1,12}",
+            garbage in "\\PC{0,300}",
+        ) {
+            let ring = ring();
+            let sealed = ring.seal("row", Field::AccessToken, "Atza|token");
+            let (_, rest) = sealed.as_str().split_once(':').unwrap();
+            let (_, encoded) = rest.split_once(':').unwrap();
+            let moved = Sealed::from_stored(format!("v1:{key_id}:{encoded}"));
+            let opened = ring.open("row", Field::AccessToken, &moved);
+            match key_id.as_str() {
+                "k2" => prop_assert!(opened.is_ok()),
+                "k1" => prop_assert!(matches!(opened, Err(CryptoError::Tampered(_)))),
+                other => prop_assert_eq!(opened.unwrap_err(), CryptoError::UnknownKey(other.to_owned())),
+            }
+            let _ = ring.open("row", Field::AccessToken, &Sealed::from_stored(garbage));
+        }
+    }
+}

@@ -261,3 +261,61 @@ mod tests {
         assert!(ApplicationId::parse("amzn1.sp.solution.not-a-uuid").is_err());
     }
 }
+
+/// Properties of the credential and id parsers over generated inputs: no input panics,
+/// what parses prints back as given, and every well-formed value parses.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{Marketplace, Region, parse_period};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn no_input_panics_and_what_parses_round_trips(input in "\\PC{0,80}") {
+            if let Ok(id) = ClientId::parse(&input) {
+                prop_assert_eq!(id.as_str(), input.as_str());
+            }
+            if let Ok(token) = MerchantToken::parse(&input) {
+                prop_assert_eq!(token.as_str(), input.as_str());
+            }
+            if let Ok(token) = RefreshToken::parse(&input) {
+                prop_assert_eq!(token.expose(), input.as_str());
+            }
+            if let Ok(secret) = ClientSecret::parse(&input) {
+                prop_assert_eq!(secret.expose(), input.as_str());
+            }
+            if let Ok(id) = ApplicationId::parse(&input) {
+                prop_assert_eq!(id.as_str(), input.as_str());
+            }
+            if let Ok(region) = Region::parse(&input) {
+                prop_assert_eq!(region.as_str(), input.as_str());
+            }
+            let _ = parse_period(&input);
+            let _ = crate::domain::OAuthStateToken::parse(&input);
+            let _ = crate::domain::AuthorizationCode::parse(&input);
+        }
+
+        #[test]
+        fn well_formed_values_parse(
+            hex in "[0-9a-f]{32}",
+            merchant in "A[0-9A-Z]{9,15}",
+            refresh in "[!-~]{1,1000}",
+        ) {
+            let client_id = format!("amzn1.application-oa2-client.{hex}");
+            prop_assert!(ClientId::parse(&client_id).is_ok());
+            // A marketplace id has a merchant token's shape and is refused by name.
+            prop_assert_eq!(
+                MerchantToken::parse(&merchant).is_ok(),
+                Marketplace::find(&merchant).is_none()
+            );
+            let refresh_token = format!("Atzr|{refresh}");
+            prop_assert!(RefreshToken::parse(&refresh_token).is_ok());
+            let secret = format!("amzn1.oa2-cs.v1.{hex}{hex}");
+            prop_assert!(ClientSecret::parse(&secret).is_ok());
+        }
+    }
+}

@@ -228,3 +228,73 @@ fn parse_notification(body: &Map<String, Value>) -> Result<SpApiNotification, Ap
         _ => Err(ApiError::Validation(n.errors)),
     }
 }
+
+/// The notification parser over generated JSON: any document is either a notification or
+/// a 422, never a panic; one with every field well-formed parses.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    use super::parse_notification;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::String),
+            Just(json!("APPLICATION_OAUTH_CLIENT_NEW_SECRET")),
+            Just(json!("2027-01-01T00:00:00Z")),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("notificationType".to_owned()),
+                        Just("eventTime".to_owned()),
+                        Just("payload".to_owned()),
+                        Just("notificationMetadata".to_owned()),
+                        Just("notificationId".to_owned()),
+                        Just("applicationOAuthClientNewSecret".to_owned()),
+                        Just("clientId".to_owned()),
+                        "[a-zA-Z]{1,12}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_document_is_a_notification_or_a_refusal(document in json_value()) {
+            let map = match document {
+                Value::Object(map) => map,
+                other => Map::from_iter([("payload".to_owned(), other)]),
+            };
+            let _ = parse_notification(&map);
+        }
+
+        #[test]
+        fn a_well_formed_expiry_notice_parses(id in "[!-~]{1,128}", hex in "[0-9a-f]{32}") {
+            let notice = json!({
+                "notificationType": "APPLICATION_OAUTH_CLIENT_SECRET_EXPIRY",
+                "eventTime": "2026-11-28T10:00:00.000Z",
+                "notificationMetadata": {"notificationId": id},
+                "payload": {"applicationOAuthClientSecretExpiry": {
+                    "clientId": format!("amzn1.application-oa2-client.{hex}"),
+                    "clientSecretExpiryTime": "2027-02-01T00:00:00Z",
+                }},
+            });
+            let Value::Object(map) = notice else { unreachable!() };
+            let parsed = parse_notification(&map).map_err(|err| format!("{err:?}"));
+            prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
+        }
+    }
+}
