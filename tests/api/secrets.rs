@@ -99,6 +99,46 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
         .await;
     assert_eq!(patched.status(), StatusCode::OK);
     app.create_connection(&connection_body(3)).await;
+    // Secrets of the application and of the service itself: a secret replaced for the
+    // whole application (the old one is kept for its grace), one brought by Amazon's
+    // notification, and a webhook endpoint's signing secret.
+    let replaced = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/client-secrets/{}", crate::helpers::CLIENT_ID),
+            ADMIN_KEY,
+            Some(&json!({"client_secret": client_secret(4)})),
+        )
+        .await;
+    assert_eq!(replaced.status(), StatusCode::OK);
+    let notified = app
+        .post(
+            "/notifications/sp-api",
+            ADMIN_KEY,
+            &json!({
+                "notificationType": "APPLICATION_OAUTH_CLIENT_NEW_SECRET",
+                "eventTime": chrono::Utc::now().to_rfc3339(),
+                "notificationMetadata": {"notificationId": "dump-test-1"},
+                "payload": {"applicationOAuthClientNewSecret": {
+                    "clientId": crate::helpers::CLIENT_ID,
+                    "newClientSecret": client_secret(5),
+                    "newClientSecretExpiryTime": "2027-06-01T00:00:00Z",
+                    "oldClientSecretExpiryTime": "2026-12-06T00:00:00Z",
+                }},
+            }),
+        )
+        .await;
+    assert_eq!(notified.status(), StatusCode::OK);
+    let hook = app
+        .post(
+            "/webhook-endpoints",
+            ADMIN_KEY,
+            &json!({"url": "http://127.0.0.1:9/never", "events": ["connection.client_secret_expiring"]}),
+        )
+        .await;
+    assert_eq!(hook.status(), StatusCode::CREATED);
+    let hook: Value = hook.json().await.unwrap();
+    let signing_secret = crate::logs::secret(hook["secret"].as_str().unwrap());
     let db = app.stop().await;
 
     let contents = database_contents(&db).await;
@@ -111,6 +151,11 @@ async fn no_plaintext_secret_reaches_the_database(backend: Backend) {
         client_secret(1),
         client_secret(2),
         client_secret(3),
+        client_secret(4),
+        client_secret(5),
+        signing_secret.clone(),
+        signing_secret.trim_start_matches("whsec_").to_owned(),
+        "whsec_".to_owned(),
         refresh_token(1),
         refresh_token(2),
         refresh_token(3),
