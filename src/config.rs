@@ -144,7 +144,7 @@ impl DatabaseUrl {
 }
 
 /// `localhost` or a loopback address (brackets around IPv6 allowed).
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')

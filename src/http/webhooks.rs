@@ -44,12 +44,7 @@ async fn create(
     let url = f.required("url", string(parse_url));
     let events = f.required("events", event_types);
     let description = f.optional("description", string(description));
-    f.finish()?;
-    let (Some(url), Some(events)) = (url, events) else {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "required fields unwrapped"
-        )));
-    };
+    let (url, events) = f.build(|| Some((url?, events?)))?;
     let (endpoint, secret) = state.webhooks.create(url, events, description).await?;
     let mut response = (
         StatusCode::CREATED,

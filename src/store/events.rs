@@ -73,6 +73,8 @@ pub struct EventFilter {
     pub before: Option<Uuid>,
 }
 
+/// An event row, in `SELECT id, type, occurred_at, actor, target_type, target_id,
+/// connection_id, request_id, body` order.
 type EventColumns = (
     Uuid,
     String,
@@ -84,6 +86,28 @@ type EventColumns = (
     Option<String>,
     String,
 );
+
+impl TryFrom<EventColumns> for StoredEvent {
+    type Error = StoreError;
+
+    fn try_from(columns: EventColumns) -> Result<Self, StoreError> {
+        let (id, kind, occurred_at, actor, target_type, target_id, connection_id, request_id, body) =
+            columns;
+        let body = serde_json::from_str(&body)
+            .map_err(|err| StoreError::Corrupt(format!("events.body: {err}")))?;
+        Ok(Self {
+            id,
+            kind,
+            occurred_at,
+            actor,
+            target_type,
+            target_id,
+            connection_id,
+            request_id,
+            body,
+        })
+    }
+}
 
 /// One row of the hand-out trail: how many tokens a key was handed for a connection in
 /// one minute.
@@ -118,35 +142,7 @@ impl Store {
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?;
-        rows.into_iter()
-            .map(
-                |(
-                    id,
-                    kind,
-                    occurred_at,
-                    actor,
-                    target_type,
-                    target_id,
-                    connection_id,
-                    request_id,
-                    body,
-                )| {
-                    let body = serde_json::from_str(&body)
-                        .map_err(|err| StoreError::Corrupt(format!("events.body: {err}")))?;
-                    Ok(StoredEvent {
-                        id,
-                        kind,
-                        occurred_at,
-                        actor,
-                        target_type,
-                        target_id,
-                        connection_id,
-                        request_id,
-                        body,
-                    })
-                },
-            )
-            .collect()
+        rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
     /// Adds counted hand-outs to the trail, in one transaction.

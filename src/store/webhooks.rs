@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Backend, Store, StoreError};
+use super::{Backend, Store, StoreError, StoredEvent};
 use crate::crypto::Sealed;
 use crate::domain::{ConnectionId, now};
 use crate::events::NewEvent;
@@ -60,6 +60,7 @@ pub enum AttemptOutcome {
 
 type EndpointColumns = (Uuid, String, Option<String>, String, DateTime<Utc>);
 
+/// A claimed delivery with its endpoint, then its event's columns (one row).
 type DueColumns = (
     Uuid,
     Uuid,
@@ -68,6 +69,7 @@ type DueColumns = (
     String,
     String,
     Option<DateTime<Utc>>,
+    Uuid,
     String,
     DateTime<Utc>,
     String,
@@ -280,8 +282,8 @@ impl Store {
         for (event_id, endpoint_id) in claimed {
             let row: Option<DueColumns> = on_pool!(self, pool => sqlx::query_as(
                     "SELECT d.event_id, d.endpoint_id, d.attempts, d.created_at, w.url, w.secret, \
-                     w.deleted_at, e.type, e.occurred_at, e.actor, e.target_type, e.target_id, \
-                     e.connection_id, e.request_id, e.body \
+                     w.deleted_at, e.id, e.type, e.occurred_at, e.actor, e.target_type, \
+                     e.target_id, e.connection_id, e.request_id, e.body \
                      FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
                      JOIN events e ON e.id = d.event_id \
                      WHERE d.event_id = $1 AND d.endpoint_id = $2",
@@ -290,8 +292,7 @@ impl Store {
                 .bind(endpoint_id)
                 .fetch_optional(pool)
                 .await)?;
-            let Some(row) = row else { continue };
-            let (
+            let Some((
                 event_id,
                 endpoint_id,
                 attempts,
@@ -299,6 +300,7 @@ impl Store {
                 url,
                 secret,
                 deleted_at,
+                id,
                 kind,
                 occurred_at,
                 actor,
@@ -307,7 +309,10 @@ impl Store {
                 connection_id,
                 request_id,
                 body,
-            ) = row;
+            )) = row
+            else {
+                continue;
+            };
             due.push(DueDelivery {
                 event_id,
                 endpoint_id,
@@ -316,8 +321,8 @@ impl Store {
                 url,
                 secret: Sealed::from_stored(secret),
                 endpoint_deleted: deleted_at.is_some(),
-                event: super::StoredEvent {
-                    id: event_id,
+                event: StoredEvent::try_from((
+                    id,
                     kind,
                     occurred_at,
                     actor,
@@ -325,9 +330,8 @@ impl Store {
                     target_id,
                     connection_id,
                     request_id,
-                    body: serde_json::from_str(&body)
-                        .map_err(|err| StoreError::Corrupt(format!("events.body: {err}")))?,
-                },
+                    body,
+                ))?,
             });
         }
         Ok(due)
