@@ -81,14 +81,7 @@ impl Default for WebhookSettings {
 /// A webhook URL: https, or plain http to a loopback host (a local receiver).
 pub fn parse_url(input: &str) -> Result<Url, ParseError> {
     let url = Url::parse(input).map_err(|_| ParseError::new("must be an absolute URL"))?;
-    let loopback = url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
+    let loopback = url.host_str().is_some_and(crate::config::is_loopback);
     match url.scheme() {
         "https" => Ok(url),
         "http" if loopback => Ok(url),
@@ -182,10 +175,15 @@ impl Webhooks {
             event_types: events,
             created_at: now(),
         };
+        // A receiver may authenticate us by a token in its URL's query: the audit trail
+        // (read by every admin, kept for good) gets the URL without it.
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.set_fragment(None);
         let event = NewEvent::new(
             "webhook_endpoint.created",
             Target::WebhookEndpoint(id),
-            json!({"url": row.url, "events": row.event_types}),
+            json!({"url": shown.as_str(), "events": row.event_types}),
         );
         self.store.insert_webhook_endpoint(&row, &[event]).await?;
         Ok((Endpoint::from(&row), secret))

@@ -64,8 +64,9 @@ pub enum ConsentError {
     Store(#[from] StoreError),
 }
 
-/// The query Amazon sends the browser back with, as it came.
-#[derive(Debug, Default, serde::Deserialize)]
+/// The query Amazon sends the browser back with, as it came. No `Debug`: the state and
+/// the code are credentials until used.
+#[derive(Default, serde::Deserialize)]
 pub struct CallbackQuery {
     pub state: Option<String>,
     pub spapi_oauth_code: Option<String>,

@@ -269,7 +269,16 @@ async fn endpoints_are_validated_and_deleting_one_stops_its_deliveries(backend: 
 
     // A receiver that is down: deliveries wait, then the endpoint is deleted.
     let (receiver, url) = Receiver::start(&[503, 503, 503, 503, 503, 503, 503, 503]).await;
+    // The receiver authenticates us by a token in its URL: kept for delivery, kept out
+    // of the audit trail.
+    let url = format!("{url}?auth=receiver-token-7f3a");
     let (id, secret) = endpoint(&app, &url, &["connection.created"]).await;
+    let created = app
+        .get_json("/audit-events?type=webhook_endpoint.created")
+        .await;
+    assert_eq!(created["items"][0]["target_id"], id.as_str());
+    let recorded = created["items"][0]["body"]["url"].as_str().unwrap();
+    assert!(recorded.ends_with("/hook"), "{recorded}");
     let listed = app.get_json("/webhook-endpoints").await;
     assert_eq!(listed["items"][0]["id"], id.as_str());
     assert_eq!(listed["items"][0]["events"], json!(["connection.created"]));
