@@ -112,8 +112,16 @@ impl Store {
                    status = CASE WHEN status IN ($9, $10) THEN $11 ELSE status END, \
                    version = version + 1, updated_at = $3 \
                    WHERE id = $7 AND client_secret = $8";
+        // This transaction reads (the count) before it writes. On SQLite a deferred one
+        // cannot then take the write lock if another connection wrote meanwhile: SQLITE_BUSY
+        // at once, whatever busy_timeout says (concurrent replacements answered 500).
+        // IMMEDIATE takes the write lock at BEGIN, waiting for it like any other write.
+        let begin = match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
         let written = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin).await?;
             if let Some(record) = notification {
                 if !insert_notification!(&mut *tx, record) {
                     return Ok(false);

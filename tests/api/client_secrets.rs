@@ -23,6 +23,7 @@ both_backends!(
     a_rotation_brings_the_new_secret_by_notification,
     notifications_are_checked_and_applied_once,
     what_needs_a_new_secret_soon_is_listed,
+    concurrent_replacements_never_answer_500,
 );
 
 const OTHER_CLIENT_ID: &str = "amzn1.application-oa2-client.ffffffffffffffffffffffffffffffff";
@@ -56,6 +57,45 @@ async fn authorized(app: &TestApp, n: u32, client_id: &str) -> String {
 
 fn hint(secret: &str) -> &str {
     &secret[secret.len() - 4..]
+}
+
+/// Guards the replacement's transaction taking SQLite's write lock at BEGIN (IMMEDIATE):
+/// concurrent replacements of one application's secret each answer 200 or 503
+/// `concurrent_update`, never 500. A deferred transaction, which counts the connections
+/// before it writes, got SQLITE_BUSY at once when another had written meanwhile (found by
+/// scripts/contract-fuzz).
+async fn concurrent_replacements_never_answer_500(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = authorized(&app, 1, CLIENT_ID).await;
+    authorized(&app, 2, CLIENT_ID).await;
+    let secrets: Vec<String> = (60..68).map(client_secret).collect();
+    let bodies: Vec<Value> = secrets
+        .iter()
+        .map(|secret| json!({"client_secret": secret}))
+        .collect();
+    let requests = bodies.iter().map(|body| put_secret(&app, CLIENT_ID, body));
+    let mut replaced = 0;
+    for response in futures_util::future::join_all(requests).await {
+        match response.status() {
+            StatusCode::OK => replaced += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                problem(
+                    response,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "concurrent_update",
+                )
+                .await;
+            }
+            other => panic!("{other}: {}", response.text().await.unwrap()),
+        }
+    }
+    assert!(replaced >= 1, "at least one replacement went through");
+    let stored = read(&app, &id).await["client_secret_hint"].clone();
+    assert!(
+        secrets.iter().any(|secret| stored == hint(secret)),
+        "{stored} is the hint of one of the secrets sent"
+    );
 }
 
 /// Guards the replacement: every connection of the client id and no other, the hint and
