@@ -19,9 +19,11 @@ use crate::store::{
 };
 use crate::tokens::{TokenService, open_client_secrets};
 
-/// How often a PATCH re-reads and retries when another write lands between its read and
-/// its write.
-const UPDATE_ATTEMPTS: usize = 3;
+/// How often a change re-reads and retries when another write lands between its read and
+/// its write (token writes are frequent on a busy connection), after a short random pause
+/// that grows with each attempt, so writers racing on one row fall out of step.
+const UPDATE_ATTEMPTS: u32 = 6;
+const UPDATE_PAUSE_UNIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -297,7 +299,11 @@ impl Connections {
                     self.tokens.invalidate(id);
                     return Ok(row.connection);
                 }
-                Err(StoreError::Conflict) if attempts < UPDATE_ATTEMPTS => continue,
+                Err(StoreError::Conflict) if attempts < UPDATE_ATTEMPTS => {
+                    let bound = UPDATE_PAUSE_UNIT * attempts;
+                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), bound / 4..=bound);
+                    tokio::time::sleep(pause).await;
+                }
                 Err(err) => return Err(err.into()),
             }
         }

@@ -146,8 +146,7 @@ impl Need {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> bool {
-        expires_at > now
-            && expires_at - now >= TimeDelta::seconds(self.min_remaining_secs)
+        expires_at - now >= TimeDelta::seconds(self.min_remaining_secs.max(MIN_LIFE_SECS))
             && self.fetched_since.is_none_or(|since| fetched_at >= since)
     }
 
@@ -155,6 +154,10 @@ impl Need {
         self.accepts(token.fetched_at, token.expires_at, now)
     }
 }
+
+/// The least life a token is handed out with, whatever `min_ttl` or an outage: one whole
+/// second, so `expires_in` is never 0 (a token about to expire is no use to a worker).
+const MIN_LIFE_SECS: i64 = 1;
 
 #[derive(Clone)]
 pub struct TokenService {
@@ -248,7 +251,8 @@ impl TokenService {
                 // credentials. A worker that reported the token as rejected (a forced
                 // refresh) gains nothing from it either.
                 let usable = self.inner.cache.get(id).filter(|grant| {
-                    !force_refresh && grant.token.expires_at > crate::domain::now()
+                    !force_refresh
+                        && grant.token.remaining_secs(crate::domain::now()) >= MIN_LIFE_SECS
                 });
                 match usable {
                     Some(grant) => (grant, Served::Stale),

@@ -65,6 +65,8 @@ pub(crate) struct FakeState {
     issued: AtomicUsize,
     /// access token → the refresh token it was issued for.
     issued_for: Mutex<HashMap<String, String>>,
+    /// access token → when it stops working (refresh-token grants only).
+    expiry: Mutex<HashMap<String, std::time::Instant>>,
     /// client secret → how many requests carried it.
     client_secrets: Mutex<HashMap<String, usize>>,
     /// Sent back as `refresh_token` instead of the one received (LWA rotating it).
@@ -293,6 +295,12 @@ impl FakeLwa {
     /// `grant_type=authorization_code` requests received.
     pub fn code_exchanges(&self) -> usize {
         self.state.code_exchanges.load(Ordering::SeqCst)
+    }
+
+    /// When an access token issued for a refresh token stops working, by this process's
+    /// clock.
+    pub fn expiry_of(&self, access_token: &str) -> Option<std::time::Instant> {
+        self.state.expiry.lock().unwrap().get(access_token).copied()
     }
 
     /// The refresh token an access token was issued for.
@@ -546,6 +554,10 @@ async fn token(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: By
                 .unwrap()
                 .insert(access_token.clone(), refresh_token.clone());
             let expires_in = state.expires_in.load(Ordering::SeqCst);
+            state.expiry.lock().unwrap().insert(
+                access_token.clone(),
+                std::time::Instant::now() + Duration::from_secs(expires_in),
+            );
             let expires_in = if mode == LwaMode::IssueWithStringExpiry {
                 json!(expires_in.to_string())
             } else {

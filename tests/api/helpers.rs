@@ -82,14 +82,24 @@ pub struct TestDb {
     pub url: String,
     pub name: String,
     sqlite_dir: Option<tempfile::TempDir>,
+    /// The Postgres server the database is on.
+    admin_url: String,
 }
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Arc<Self> {
+        Self::create(backend, postgres_admin_url()).await
+    }
+
+    /// A Postgres database on another server than the suite's (`admin_url`).
+    pub async fn on_server(admin_url: String) -> Arc<Self> {
+        Self::create(Backend::Postgres, admin_url).await
+    }
+
+    async fn create(backend: Backend, admin: String) -> Arc<Self> {
         let name = format!("cr_test_{}", uuid::Uuid::new_v4().simple());
         match backend {
             Backend::Postgres => {
-                let admin = postgres_admin_url();
                 run_admin_sql(&admin, &format!("CREATE DATABASE {name}")).await;
                 let url = replace_database(&admin, &name);
                 Arc::new(Self {
@@ -97,6 +107,7 @@ impl TestDb {
                     url,
                     name,
                     sqlite_dir: None,
+                    admin_url: admin,
                 })
             }
             Backend::Sqlite => {
@@ -107,6 +118,7 @@ impl TestDb {
                     url,
                     name,
                     sqlite_dir: Some(dir),
+                    admin_url: admin,
                 })
             }
         }
@@ -153,13 +165,20 @@ impl Drop for TestDb {
             return;
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let admin_url = self.admin_url.clone();
         // Drop runs outside any runtime (or inside one that may be shutting down).
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(run_admin_sql(&postgres_admin_url(), &sql));
+            // A private server may be gone already: nothing to drop then.
+            runtime.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&sql).execute(&mut conn).await;
+                }
+            });
         })
         .join();
     }
@@ -557,4 +576,20 @@ macro_rules! single {
             }
         )*
     };
+}
+
+/// How hard the reliability suites push: `RELIABILITY_SCALE` (default 1, what CI runs)
+/// multiplies their durations and rounds; `scripts/reliability` runs them larger.
+pub fn reliability_scale() -> u32 {
+    std::env::var("RELIABILITY_SCALE")
+        .ok()
+        .and_then(|scale| scale.parse().ok())
+        .filter(|scale| *scale >= 1)
+        .unwrap_or(1)
+}
+
+/// One row of the README's reliability table, printed for `scripts/reliability` to
+/// collect: the suite, what was tried (counts), what held.
+pub fn report(suite: &str, tried: &str, held: &str) {
+    println!("RELIABILITY\t{suite}\t{tried}\t{held}");
 }

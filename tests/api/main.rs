@@ -1,17 +1,21 @@
 //! Black-box tests: the real server on a random port, against real Postgres and SQLite,
 //! with a fake Amazon on loopback.
 
+mod chaos;
 mod fake_amazon;
 mod fake_spapi;
 mod helpers;
 mod logs;
+mod private_pg;
 mod proxy;
 
+mod amazon_faults;
 mod api_keys;
 mod audit;
 mod client_secrets;
 mod connection_tests;
 mod connections;
+mod database_faults;
 mod grantless;
 mod lwa_answers;
 mod master_keys;

@@ -16,6 +16,8 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    /// Milliseconds each chunk from the app waits before it is passed on.
+    delay_ms: Arc<AtomicU64>,
     links: Arc<Mutex<Vec<Link>>>,
     accept: JoinHandle<()>,
 }
@@ -32,10 +34,12 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let sent = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let links: Arc<Mutex<Vec<Link>>> = Arc::default();
         let accept = tokio::spawn({
             let up = up.clone();
             let sent = sent.clone();
+            let delay_ms = delay_ms.clone();
             let links = links.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
@@ -43,7 +47,13 @@ impl TcpProxy {
                         continue; // dropped: the connection is refused at once
                     }
                     let stalled = Arc::new(AtomicBool::new(false));
-                    let task = tokio::spawn(relay(client, target, sent.clone(), stalled.clone()));
+                    let task = tokio::spawn(relay(
+                        client,
+                        target,
+                        sent.clone(),
+                        delay_ms.clone(),
+                        stalled.clone(),
+                    ));
                     links.lock().unwrap().push(Link { task, stalled });
                 }
             }
@@ -52,6 +62,7 @@ impl TcpProxy {
             addr,
             up,
             sent,
+            delay_ms,
             links,
             accept,
         }
@@ -73,6 +84,13 @@ impl TcpProxy {
         }
     }
 
+    /// From now on every chunk the app sends waits this long before it is passed on: a
+    /// slow database (or link).
+    pub fn slow_down(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
@@ -89,6 +107,7 @@ async fn relay(
     client: TcpStream,
     target: SocketAddr,
     sent: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
     stalled: Arc<AtomicBool>,
 ) {
     let Ok(server) = TcpStream::connect(target).await else {
@@ -103,6 +122,10 @@ async fn relay(
                 std::future::pending::<()>().await;
             }
             sent.fetch_add(n as u64, Ordering::SeqCst);
+            let delay = delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
