@@ -22,6 +22,8 @@ both_backends!(
     a_refusal_of_credentials_replaced_meanwhile_is_not_the_answer,
     two_patches_during_a_fetch_are_a_concurrent_update,
     a_refresh_token_rotated_by_lwa_is_used_from_then_on,
+    an_unrelated_write_during_a_fetch_keeps_its_token,
+    a_token_under_a_second_from_expiry_is_not_handed_out,
 );
 single!(
     a_tick_reads_nothing_for_tokens_not_due,
@@ -158,6 +160,46 @@ async fn a_patch_during_a_fetch_is_retried_from_the_new_credentials(backend: Bac
     assert_eq!(fake.calls(), 2);
 }
 
+/// Catches: a fetch whose write lost the race to a write that left the credentials alone
+/// (a rename here; a connection test's findings in practice) throwing its token away and
+/// asking LWA again (two calls), or failing with `concurrent_update`.
+async fn an_unrelated_write_during_a_fetch_keeps_its_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_millis(600));
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let in_flight = token_in_background(&app, &id);
+    fake.wait_for_calls(1).await;
+    patch_ok(&app, &id, json!({"name": "Renamed while fetching"})).await;
+
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let fetched: Value = response.json().await.unwrap();
+    assert_eq!(fake.calls(), 1, "one LWA call for one fetch");
+    // The token was stored with the rename kept: the next request finds both.
+    let (again, _) = token_ok(&app, &id, "").await;
+    assert_eq!(again["access_token"], fetched["access_token"]);
+    let stored = crate::tokens::read(&app, &id).await;
+    assert_eq!(stored["name"], "Renamed while fetching");
+    assert_eq!(stored["status"], "active");
+    assert_eq!(fake.calls(), 1);
+}
+
+/// Catches: a token with less than a second left handed out (`expires_in: 0`) to a
+/// caller asking for `min_ttl=0`, instead of a fresh one.
+async fn a_token_under_a_second_from_expiry_is_not_handed_out(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    fake.set_expires_in(2);
+    let app = spawn_tuned(backend, &fake, |_| {}).await;
+    let id = connection(&app, 1).await;
+    let (first, _) = token_ok(&app, &id, "?min_ttl=0").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (second, cache) = token_ok(&app, &id, "?min_ttl=0").await;
+    assert_ne!(second["access_token"], first["access_token"], "{cache}");
+    assert!(second["expires_in"].as_i64().unwrap() >= 1, "{second}");
+    assert_eq!(fake.calls(), 2);
+}
+
 /// Catches: a lost race answered as anything but 503 `concurrent_update` with Retry-After.
 async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     let fake = FakeLwa::start().await;
@@ -166,9 +208,10 @@ async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     let id = connection(&app, 1).await;
     let in_flight = token_in_background(&app, &id);
     fake.wait_for_calls(1).await;
-    patch_ok(&app, &id, json!({"name": "first change"})).await;
+    // New credentials each time (a rename alone would not void the fetch).
+    patch_ok(&app, &id, json!({"refresh_token": refresh_token(2)})).await;
     fake.wait_for_calls(2).await;
-    patch_ok(&app, &id, json!({"name": "second change"})).await;
+    patch_ok(&app, &id, json!({"refresh_token": refresh_token(3)})).await;
 
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.headers()["retry-after"], "1");
