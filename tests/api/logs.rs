@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Mutex, Once};
 
 use aho_corasick::AhoCorasick;
 
@@ -214,6 +214,44 @@ pub fn lines_containing(text: &str) -> Vec<String> {
         .filter(|line| line.text.contains(text))
         .map(|line| line.text.clone())
         .collect()
+}
+
+/// The matcher of every registered secret in every form, rebuilt only when secrets were
+/// registered since it was built.
+static SECRET_MATCHER: Mutex<Option<(usize, Arc<Matcher>)>> = Mutex::new(None);
+
+/// An automaton over secret forms, and the forms (to name what it found).
+type Matcher = (AhoCorasick, Vec<String>);
+
+/// The first registered secret (its first six characters) found in `text`, in any of the
+/// forms a log line could hold it. Markers alone (`crk_`, `Atza|`) are not looked for:
+/// this is for response bodies and dumps, which may name a key's prefix.
+pub fn find_secret(text: &str) -> Option<String> {
+    let matcher = {
+        let secrets = lock(&SECRETS);
+        let mut cached = lock(&SECRET_MATCHER);
+        match &*cached {
+            Some((count, matcher)) if *count == secrets.len() => matcher.clone(),
+            _ => {
+                let mut patterns: Vec<String> = secrets.iter().flat_map(|s| forms(s)).collect();
+                patterns.sort();
+                patterns.dedup();
+                let built = Arc::new((
+                    AhoCorasick::new(&patterns).expect("patterns build"),
+                    patterns,
+                ));
+                *cached = Some((secrets.len(), built.clone()));
+                built
+            }
+        }
+    };
+    let (automaton, patterns) = &*matcher;
+    automaton.find(text).map(|found| {
+        patterns[found.pattern().as_usize()]
+            .chars()
+            .take(6)
+            .collect()
+    })
 }
 
 /// How many bytes are captured and not yet scanned: proves the capture works.

@@ -403,9 +403,9 @@ async fn api_keys_subcommands_refuse_bad_input_in_one_line_and_change_nothing(ba
 }
 
 /// The binary running `serve` as a child process, and the address it listens on.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Everything it wrote, stdout and stderr, line by line. Both pipes are drained all
     /// along, so the server never blocks on a full one.
     output: Arc<Mutex<Vec<String>>>,
@@ -415,7 +415,7 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts `connection-registry serve` in `dir` with only `env` (plus a random port
     /// and JSON logs), and waits until it logs the address it listens on.
-    async fn spawn(env: &[(&str, &str)], dir: &Path) -> Self {
+    pub(crate) async fn spawn(env: &[(&str, &str)], dir: &Path) -> Self {
         let mut child = Command::new(BINARY)
             .arg("serve")
             .env_clear()
@@ -458,8 +458,21 @@ impl ServerProcess {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// `kill -9`: no shutdown, nothing flushed; returns everything it wrote.
+    pub(crate) async fn kill9(mut self) -> Vec<String> {
+        self.child.start_kill().expect("SIGKILL sent");
+        tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .expect("the server dies at once")
+            .expect("wait on the server");
+        for drain in self.drains.drain(..) {
+            let _ = tokio::time::timeout(PROCESS_TIMEOUT, drain).await;
+        }
+        self.output.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns how it exited and
