@@ -78,8 +78,15 @@ impl Default for WebhookSettings {
     }
 }
 
-/// A webhook URL: https, or plain http to a loopback host (a local receiver).
+/// A webhook URL: https, or plain http to a loopback host (a local receiver), written
+/// plainly (`is_plain_url`).
 pub fn parse_url(input: &str) -> Result<Url, ParseError> {
+    if !is_plain_url(input) {
+        return Err(ParseError::new(
+            "must be an absolute URL: https:// (or http://), a host name, IPv4 address or \
+             [::1], an optional port, then printable ASCII without spaces",
+        ));
+    }
     let url = Url::parse(input).map_err(|_| ParseError::new("must be an absolute URL"))?;
     let loopback = url.host_str().is_some_and(crate::config::is_loopback);
     match url.scheme() {
@@ -98,6 +105,56 @@ pub fn parse_url(input: &str) -> Result<Url, ParseError> {
             ))
         }
     })
+}
+
+/// The grammar `openapi.yaml` states for a webhook URL: `https://` or `http://`; a host
+/// that is a DNS name (labels of letters, digits and hyphens, the last starting with a
+/// letter), a dotted-quad IPv4 address or `[::1]`; an optional port (up to 65535); then
+/// path, query and fragment in printable ASCII. URL parsing alone takes far more
+/// (`https:host`, `https://a*`, spaces, tabs, backslashes, `0x7f.1`, Unicode hosts): no
+/// receiver's address, and nothing a schema can state.
+fn is_plain_url(input: &str) -> bool {
+    let Some(rest) = input
+        .strip_prefix("https://")
+        .or_else(|| input.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (host, port) = match authority.strip_prefix("[::1]") {
+        Some(port) => ("[::1]", port),
+        None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u32>().is_ok_and(|port| port <= 65_535)
+        });
+    let ipv4 = || {
+        let octets: Vec<&str> = host.split('.').collect();
+        octets.len() == 4
+            && octets.iter().all(|octet| {
+                (1..=3).contains(&octet.len())
+                    && octet.bytes().all(|b| b.is_ascii_digit())
+                    && (octet.len() == 1 || !octet.starts_with('0'))
+                    && octet.parse::<u8>().is_ok()
+            })
+    };
+    let dns_name = || {
+        let labels: Vec<&str> = host.split('.').collect();
+        labels.iter().all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }) && labels
+            .last()
+            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_alphabetic()))
+    };
+    port_ok
+        && tail.bytes().all(|b| b.is_ascii_graphic())
+        && (host == "[::1]" || ipv4() || dns_name())
 }
 
 /// An endpoint as the API shows it (never its secret, except once at creation).
@@ -420,11 +477,35 @@ mod tests {
         assert!(parse_url("https://hooks.example.com/registry").is_ok());
         assert!(parse_url("http://127.0.0.1:9000/hook").is_ok());
         assert!(parse_url("http://localhost/hook").is_ok());
+        for good in [
+            "https://hooks.example.com",
+            "https://10.0.0.7:8443/h?a=b#c",
+            "https://[::1]/",
+            "http://[::1]:65535",
+            "http://LOCALHOST/x",
+            "https://a-b.c/{x}|y%zz@z",
+        ] {
+            assert!(parse_url(good).is_ok(), "{good}");
+        }
         for bad in [
             "http://hooks.example.com/",
             "ftp://x/",
             "hooks.example.com",
             "https://user:pw@hooks.example.com/",
+            // What URL parsing alone would take:
+            "https://A*",
+            "https:hooks.example.com",
+            "HTTPS://hooks.example.com/",
+            " https://hooks.example.com/",
+            "https://hooks.example.com/a b",
+            "https://hooks.example.com/\tx",
+            "https://hooks.example.com:65536/",
+            "https://hooks.example.com:/",
+            "https://h\u{e9}.example.com/",
+            "https://a.0x1f/",
+            "http://127.000.0.1/",
+            "https://[2001:db8::1]/",
+            "https://hooks_1.example.com/",
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
