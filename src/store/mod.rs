@@ -21,6 +21,8 @@ macro_rules! notify_change {
 }
 
 use sqlx::{PgPool, SqlitePool};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
 
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
@@ -113,6 +115,9 @@ pub struct ConnectionFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Postgres: the change listener's backend pid (0 while it has none), recorded in the
+    /// token leases this replica claims so that others can tell a dead holder's lease.
+    session: Arc<AtomicI32>,
 }
 
 #[derive(Clone)]
@@ -205,9 +210,11 @@ impl Store {
         match url {
             DatabaseUrl::Sqlite { options, .. } => Ok(Self {
                 pool: Pool::Sqlite(sqlite::connect(options.clone()).await?),
+                session: Arc::default(),
             }),
             DatabaseUrl::Postgres { options, .. } => Ok(Self {
                 pool: Pool::Postgres(postgres::connect(options.clone()).await?),
+                session: Arc::default(),
             }),
         }
     }

@@ -3,7 +3,8 @@
 //! the change notifications (sent by every connection write) that make every replica
 //! drop a cached token at once.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -15,13 +16,16 @@ use super::{CHANGES_CHANNEL, ConnectionRow, Pool, Store, StoreError, UPDATE_CONN
 use crate::domain::ConnectionId;
 use crate::events::NewEvent;
 
-/// Claims the lease of row `$1` for `$3` for `$2` seconds, unless another holder's lease
-/// is still running; returns the row when claimed. Postgres's clock decides, so replicas'
+/// Claims the lease of row `$1` for `$3` for `$2` seconds, recording `$4` as the holder's
+/// session (0: none), unless another holder's lease is still running and its session
+/// still exists; returns the row when claimed. Postgres's clock decides, so replicas'
 /// clocks need not agree.
 const CLAIM_LEASE: &str = concat!(
     "UPDATE connections SET token_lease_until = now() + make_interval(secs => $2), \
-     token_lease_holder = $3 \
-     WHERE id = $1 AND (token_lease_until IS NULL OR token_lease_until < now()) \
+     token_lease_holder = $3, token_lease_session = NULLIF($4, 0) \
+     WHERE id = $1 AND (token_lease_until IS NULL OR token_lease_until < now() \
+       OR (token_lease_session IS NOT NULL AND NOT EXISTS \
+           (SELECT 1 FROM pg_stat_activity a WHERE a.pid = token_lease_session))) \
      RETURNING ",
     connection_columns!()
 );
@@ -30,13 +34,14 @@ const CLAIM_LEASE: &str = concat!(
 static WRITE_UNDER_LEASE: LazyLock<String> = LazyLock::new(|| {
     UPDATE_CONNECTION.replace(
         " WHERE id = $1",
-        ", token_lease_until = NULL, token_lease_holder = NULL \
+        ", token_lease_until = NULL, token_lease_holder = NULL, token_lease_session = NULL \
          WHERE token_lease_holder = $30 AND id = $1",
     )
 });
 
 const RELEASE_LEASE: &str = "UPDATE connections SET token_lease_until = NULL, \
-    token_lease_holder = NULL WHERE id = $1 AND token_lease_holder = $2";
+    token_lease_holder = NULL, token_lease_session = NULL \
+    WHERE id = $1 AND token_lease_holder = $2";
 
 /// The right to exchange one connection's refresh token. On Postgres it is a lease in the
 /// connection's row: no database connection is held while LWA answers, so slow LWA
@@ -80,11 +85,13 @@ impl Store {
             Pool::Postgres(pool) => pool,
         };
         let holder = Uuid::new_v4();
+        let session = self.session.load(Ordering::SeqCst);
         let columns = claim_within(wait, || async {
             let claimed: Option<ConnectionColumns> = sqlx::query_as(CLAIM_LEASE)
                 .bind(id.as_uuid())
                 .bind(lease.as_secs_f64())
                 .bind(holder)
+                .bind(session)
                 .fetch_optional(pool)
                 .await
                 .map_err(|err| super::pool_error(err, pool))?;
@@ -122,6 +129,7 @@ impl Store {
                 pool: pool.clone(),
                 listener: None,
                 heartbeat,
+                session: self.session.clone(),
             }),
             Pool::Sqlite(_) => None,
         }
@@ -299,6 +307,9 @@ pub struct ChangeListener {
     pool: PgPool,
     listener: Option<PgListener>,
     heartbeat: Duration,
+    /// The listener's backend pid while it is connected (0 when not): the session that
+    /// stands for this replica in the token leases it holds.
+    session: Arc<AtomicI32>,
 }
 
 impl ChangeListener {
@@ -347,7 +358,7 @@ impl ChangeListener {
                     Err(_) => tracing::warn!("ignoring a malformed change notification"),
                 },
                 // The connection dropped; reconnect on the next turn.
-                Ok(Ok(None) | Err(_)) => self.listener = None,
+                Ok(Ok(None) | Err(_)) => self.lose_link(),
                 Err(_quiet) => {
                     let ping = sqlx::query("SELECT 1").execute(&mut *listener);
                     if !matches!(tokio::time::timeout(self.heartbeat, ping).await, Ok(Ok(_))) {
@@ -355,11 +366,17 @@ impl ChangeListener {
                             "the change listener's database connection stopped answering; \
                              reconnecting"
                         );
-                        self.listener = None;
+                        self.lose_link();
                     }
                 }
             }
         }
+    }
+
+    /// The link is gone: leases claimed from now on name no session until it is back.
+    fn lose_link(&mut self) {
+        self.listener = None;
+        self.session.store(0, Ordering::SeqCst);
     }
 
     async fn connect(
@@ -375,7 +392,11 @@ impl ChangeListener {
             // A lost link must come back through `next`, which reports `MaybeMissed`, not
             // be mended quietly inside `try_recv` or the heartbeat's query.
             listener.eager_reconnect(false);
+            let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+                .fetch_one(&mut listener)
+                .await?;
             listener.listen(CHANGES_CHANNEL).await?;
+            self.session.store(pid, Ordering::SeqCst);
             Ok(listener)
         })
         .await

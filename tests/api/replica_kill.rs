@@ -1,7 +1,7 @@
 //! Three replicas (binaries) on one Postgres behind a round-robin client: a cold start of
-//! many connections at once, then one replica killed with SIGKILL under load and started
-//! again. No request fails but those in flight on the killed replica, and LWA is asked
-//! exactly once per connection in all.
+//! many connections at once, then (once every connection has its token) one replica
+//! killed with SIGKILL under load and started again. No request fails but those in flight
+//! on the killed replica, and LWA is asked exactly once per connection in all.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,7 +17,10 @@ use crate::helpers::{
 };
 use crate::operators::ServerProcess;
 
-crate::single!(a_replica_killed_under_load_fails_only_its_own_requests);
+crate::single!(
+    a_replica_killed_under_load_fails_only_its_own_requests,
+    a_lease_of_a_killed_replica_is_taken_over_at_once,
+);
 
 /// The replicas' base URLs, as a load balancer would know them.
 type Pool = Arc<RwLock<Vec<String>>>;
@@ -92,6 +95,17 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     }
     let hold = Duration::from_millis(1500 * u64::from(reliability_scale()));
     tokio::time::sleep(hold).await;
+    // The kill lands after the cold start: a replica killed between LWA's answer and its
+    // write takes that token with it, and another replica asks LWA again (a second call
+    // for that connection; `a_lease_of_a_killed_replica_is_taken_over_at_once`).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while fake.calls() < connections as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cold start did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let killed = replicas.remove(1);
     let output = killed.kill9().await;
     for line in &output {
@@ -150,6 +164,58 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     drop(replicas);
 }
 
+/// Guards the lease's holder session: a replica killed while LWA answers it leaves the
+/// connection's lease behind; without the check that its session is gone, the other
+/// replicas waited for the lease to run out (about 45 s with the default LWA time
+/// limits), and every worker of that connection got nothing meanwhile.
+async fn a_lease_of_a_killed_replica_is_taken_over_at_once() {
+    let fake = FakeLwa::start().await;
+    fake.set_delay(Duration::from_secs(3));
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
+        ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
+        ("REGISTRY_LWA_TOKEN_URL", fake.token_url.as_str()),
+    ];
+    let doomed = ServerProcess::spawn(&env, dir.path()).await;
+    let survivor = ServerProcess::spawn(&env, dir.path()).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(doomed.url("/connections"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&connection_body(1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/connections/{}/token", created["id"].as_str().unwrap());
+    let in_flight = tokio::spawn(http.get(doomed.url(&path)).bearer_auth(ADMIN_KEY).send());
+    fake.wait_for_calls(1).await;
+    doomed.kill9().await;
+    assert!(in_flight.await.unwrap().is_err(), "cut with its replica");
+
+    // Well inside the lease (over 40 s): the survivor takes it over and asks LWA itself.
+    let response = http
+        .get(survivor.url(&path))
+        .bearer_auth(ADMIN_KEY)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the survivor answers before the dead replica's lease runs out");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        fake.issued_for(body["access_token"].as_str().unwrap()),
+        Some(refresh_token(1))
+    );
+    // The dead replica's exchange, then the survivor's.
+    assert_eq!(fake.calls(), 2);
+}
+
 /// One token request through the balancer: the next replica in turn, and the one after it
 /// when that refuses the connection (as a balancer's health check would). A request cut
 /// after it reached the killed replica counts as cut; any other failure as failed.
@@ -183,7 +249,11 @@ async fn round_robin(
                 return;
             }
             Err(err) => {
-                tally.failed.lock().unwrap().push(format!("{base}: {err}"));
+                tally
+                    .failed
+                    .lock()
+                    .unwrap()
+                    .push(format!("{base}: {err:?}"));
                 return;
             }
         };
@@ -203,7 +273,11 @@ async fn round_robin(
             Err(_) if base == killed_url => {
                 tally.cut_in_flight.fetch_add(1, Ordering::SeqCst);
             }
-            Err(err) => tally.failed.lock().unwrap().push(format!("{base}: {err}")),
+            Err(err) => tally
+                .failed
+                .lock()
+                .unwrap()
+                .push(format!("{base}: {err:?}")),
         }
         return;
     }
