@@ -26,6 +26,11 @@ pub(super) struct Cache {
 #[derive(Default)]
 struct Entries {
     grants: HashMap<ConnectionId, Arc<Grant>>,
+    /// Grants dropped because change notifications may have been missed (the listener
+    /// reconnected), not because their connection changed: no longer served as they are,
+    /// but still the last resort while the database cannot be read to confirm them, as
+    /// any cached token is during an outage.
+    unconfirmed: HashMap<ConnectionId, Arc<Grant>>,
     /// The invalidation count of each recently invalidated connection, and when.
     invalidated: HashMap<ConnectionId, (u64, DateTime<Utc>)>,
     everything_invalidated: u64,
@@ -61,12 +66,20 @@ impl Cache {
             let last_used = old.last_used.load(Ordering::Relaxed);
             grant.last_used.store(last_used, Ordering::Relaxed);
         }
+        entries.unconfirmed.remove(&id);
         entries.grants.insert(id, grant.clone());
+    }
+
+    /// A grant dropped by `invalidate_all` and not replaced or invalidated since.
+    pub fn unconfirmed(&self, id: ConnectionId) -> Option<Arc<Grant>> {
+        self.read().unconfirmed.get(&id).cloned()
     }
 
     /// Drops the grant; fetches under way may still cache theirs.
     pub fn remove(&self, id: ConnectionId) {
-        self.write().grants.remove(&id);
+        let mut entries = self.write();
+        entries.grants.remove(&id);
+        entries.unconfirmed.remove(&id);
     }
 
     /// Drops the grant, and whatever fetches under way bring back.
@@ -76,13 +89,17 @@ impl Cache {
         let count = entries.invalidations;
         entries.invalidated.insert(id, (count, now()));
         entries.grants.remove(&id);
+        entries.unconfirmed.remove(&id);
     }
 
+    /// Drops every grant, and whatever fetches under way bring back; the grants are kept
+    /// as `unconfirmed`.
     pub fn invalidate_all(&self) {
         let mut entries = self.write();
         entries.invalidations += 1;
         entries.everything_invalidated = entries.invalidations;
-        entries.grants.clear();
+        let dropped: Vec<_> = entries.grants.drain().collect();
+        entries.unconfirmed.extend(dropped);
     }
 
     pub fn snapshot(&self) -> Vec<(ConnectionId, Arc<Grant>)> {
@@ -96,7 +113,12 @@ impl Cache {
     /// Forgets invalidations older than any fetch can be (a fetch is bounded by the
     /// request time limit), so the bookkeeping does not grow without bound.
     pub fn prune(&self, before: DateTime<Utc>) {
-        self.write().invalidated.retain(|_, (_, at)| *at >= before);
+        let mut entries = self.write();
+        entries.invalidated.retain(|_, (_, at)| *at >= before);
+        let now = now();
+        entries
+            .unconfirmed
+            .retain(|_, grant| grant.token.expires_at > now);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Entries> {

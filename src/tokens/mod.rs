@@ -250,10 +250,22 @@ impl TokenService {
                 // fetch dropped the grant read before it, which may stem from the old
                 // credentials. A worker that reported the token as rejected (a forced
                 // refresh) gains nothing from it either.
-                let usable = self.inner.cache.get(id).filter(|grant| {
-                    !force_refresh
-                        && grant.token.remaining_secs(crate::domain::now()) >= MIN_LIFE_SECS
-                });
+                // With the database unreadable, a grant dropped only because notifications
+                // may have been missed is as good as any cached one during an outage.
+                let unreadable = matches!(err, TokenError::Store(_));
+                let usable = self
+                    .inner
+                    .cache
+                    .get(id)
+                    .or_else(|| {
+                        unreadable
+                            .then(|| self.inner.cache.unconfirmed(id))
+                            .flatten()
+                    })
+                    .filter(|grant| {
+                        !force_refresh
+                            && grant.token.remaining_secs(crate::domain::now()) >= MIN_LIFE_SECS
+                    });
                 match usable {
                     Some(grant) => (grant, Served::Stale),
                     None => {

@@ -30,6 +30,7 @@ single!(
     a_fetch_overtaken_by_a_change_does_not_cache_its_token,
     requests_after_a_change_do_not_join_the_fetch_begun_before_it,
     a_listener_reconnect_drops_every_cached_token,
+    a_token_dropped_by_a_reconnect_carries_workers_through_the_next_outage,
     a_fetch_under_way_when_the_listener_reconnects_does_not_cache,
     a_forced_refresh_does_not_settle_for_a_fetch_begun_before_it,
     a_change_whose_notification_is_lost_is_seen_by_the_version_check,
@@ -225,6 +226,47 @@ async fn two_patches_during_a_fetch_are_a_concurrent_update(backend: Backend) {
     let (_, cache) = token_ok(&app, &id, "").await;
     assert_eq!(cache, CACHE_MISS, "the next request fetches afresh");
     assert_eq!(fake.calls(), 3);
+}
+
+/// Catches: a listener reconnect emptying the outage fallback. The database comes back
+/// just long enough for the listener to reconnect (dropping every cached token, as
+/// notifications may have been missed), then goes again before the tokens are re-read:
+/// without the dropped grants kept as a fallback for an unreadable database, every
+/// worker got 503 `database_unavailable` (found by `database_faults.rs` under load).
+async fn a_token_dropped_by_a_reconnect_carries_workers_through_the_next_outage() {
+    let fake = FakeLwa::start().await;
+    let (app, proxy) = spawn_behind_proxy(&fake, |_| {}).await;
+    let a = connection(&app, 1).await;
+    let (cached, _) = token_ok(&app, &a, "").await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reconnects = crate::logs::lines_containing("change notifications resumed").len();
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while crate::logs::lines_containing("change notifications resumed").len() == reconnects {
+        assert!(Instant::now() < deadline, "the listener did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+
+    let response = token(&app, &a, "").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a worker stopped by a reconnect"
+    );
+    assert_eq!(
+        response.headers()["cache-status"],
+        "connection-registry; hit; detail=stale"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["access_token"], cached["access_token"]);
+    // Refused to a forced refresh, as every stale token is.
+    let forced = token(&app, &a, "?force_refresh=true").await;
+    assert_eq!(forced.status(), StatusCode::SERVICE_UNAVAILABLE);
+    proxy.restore();
+    assert_eq!(fake.calls(), 1);
 }
 
 /// Catches: the cache stamp taken when a fetch ends instead of when it begins, and the
