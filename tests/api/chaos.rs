@@ -5,8 +5,8 @@
 //! because a reset and a body shorter than its `Content-Length` cannot be sent from a
 //! handler.
 //!
-//! The fault is drawn from a seeded generator, so a failing run can be repeated with
-//! `CHAOS_SEED`.
+//! Whether a request is faulted is drawn from a seeded generator (`CHAOS_SEED` repeats a
+//! run's draws); the faulted ones get each kind in turn.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +73,9 @@ struct ChaosState {
     /// When set, every fault is this one.
     only: Mutex<Option<Fault>>,
     rng: Mutex<StdRng>,
+    /// Faulted requests so far: the kinds are dealt in turn, so a short run still sees
+    /// every one (whether a request is faulted is what is drawn).
+    dealt: AtomicU32,
     tally: Mutex<Tally>,
 }
 
@@ -96,6 +99,7 @@ impl Chaos {
             fault_per_mille: AtomicU32::new(0),
             only: Mutex::new(None),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            dealt: AtomicU32::new(0),
             tally: Mutex::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -157,7 +161,10 @@ fn draw(state: &ChaosState) -> Fault {
     if rng.gen_range(0..1000) >= per_mille {
         return Fault::Pass;
     }
-    only.unwrap_or_else(|| Fault::ALL_FAULTS[rng.gen_range(0..Fault::ALL_FAULTS.len())])
+    only.unwrap_or_else(|| {
+        let turn = state.dealt.fetch_add(1, Ordering::SeqCst) as usize;
+        Fault::ALL_FAULTS[turn % Fault::ALL_FAULTS.len()]
+    })
 }
 
 /// One request as read off the socket.

@@ -62,6 +62,7 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(Mutex::new(String::from("healthy")));
     let token_failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let tokens_served = Arc::new(AtomicU32::new(0));
     let writes: Arc<Mutex<Writes>> = Arc::default();
@@ -69,8 +70,12 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let (app, key, path) = (app.clone(), worker_key.clone(), cached[worker % 4].clone());
-        let (stop, failures, served) =
-            (stop.clone(), token_failures.clone(), tokens_served.clone());
+        let (stop, failures, served, phase) = (
+            stop.clone(),
+            token_failures.clone(),
+            tokens_served.clone(),
+            phase.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let response = app.get(&path, &key).await;
@@ -78,7 +83,9 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
                     served.fetch_add(1, Ordering::SeqCst);
                 } else {
                     let status = response.status();
-                    let failure = format!("{status} {}", response.text().await.unwrap());
+                    let body = response.text().await.unwrap();
+                    let now = phase.lock().unwrap().clone();
+                    let failure = format!("{now}: {status} {body}");
                     failures.lock().unwrap().push(failure);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -102,7 +109,6 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
         }));
     }
     let readiness: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
-    let phase = Arc::new(Mutex::new(String::from("healthy")));
     tasks.push(tokio::spawn({
         let (app, stop, readiness, phase) =
             (app.clone(), stop.clone(), readiness.clone(), phase.clone());

@@ -161,9 +161,13 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if let Some(dir) = &self.sqlite_dir {
+            crate::leaks::sweep_sqlite(dir.path());
+        }
         if self.backend != Backend::Postgres {
             return;
         }
+        crate::leaks::sweep_postgres(&self.url, &self.name);
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let admin_url = self.admin_url.clone();
         // Drop runs outside any runtime (or inside one that may be shutting down).
@@ -398,11 +402,13 @@ impl TestApp {
         key: &str,
         body: Option<&Value>,
     ) -> Response {
+        let method_name = method.as_str().to_owned();
         let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
         if let Some(body) = body {
             request = request.json(body);
         }
-        request.send().await.expect("request sent")
+        let response = request.send().await.expect("request sent");
+        crate::leaks::swept(response, &method_name, path).await
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Response {

@@ -86,14 +86,20 @@ const KNOWN_PREFIXES: [&str; 4] = ["Atzr|", "Atza|", "amzn1.oa2-cs.v1.", "crk_"]
 pub fn secret(value: impl Into<String>) -> String {
     let value = value.into();
     let mut secrets = lock(&SECRETS);
+    let mut new = Vec::new();
     if let Some(rest) = KNOWN_PREFIXES
         .iter()
         .find_map(|prefix| value.strip_prefix(prefix))
         .filter(|rest| rest.len() >= 16)
+        && secrets.insert(rest.to_owned())
     {
-        secrets.insert(rest.to_owned());
+        new.push(rest.to_owned());
     }
-    secrets.insert(value.clone());
+    if secrets.insert(value.clone()) {
+        new.push(value.clone());
+    }
+    drop(secrets);
+    lock(&SECRET_INDEX).registered.extend(new);
     value
 }
 
@@ -164,13 +170,14 @@ pub fn print(test: &str, lines: &[Line]) {
 /// Panics naming the test, the thread, the secret's first characters and the line, if
 /// any of `lines` holds a registered secret or a secret prefix.
 pub fn assert_no_secrets(test: &str, lines: &[Line]) {
-    let mut patterns: Vec<String> = lock(&SECRETS).iter().flat_map(|s| forms(s)).collect();
-    patterns.extend(SECRET_MARKERS.iter().map(|m| (*m).to_owned()));
-    patterns.sort();
-    patterns.dedup();
-    let matcher = AhoCorasick::new(&patterns).expect("patterns build");
+    let mut matchers = secret_matchers();
+    let markers: Vec<String> = SECRET_MARKERS.iter().map(|m| (*m).to_owned()).collect();
+    matchers.push(Arc::new((
+        AhoCorasick::new(&markers).expect("patterns build"),
+        markers,
+    )));
     for line in lines {
-        if let Some(found) = matcher.find(&line.text) {
+        if let Some(found) = first_secret(&matchers, &line.text) {
             let writer = if belongs_to_a_test(&line.thread) {
                 format!("this test's server (thread `{}`)", line.thread)
             } else {
@@ -181,12 +188,8 @@ pub fn assert_no_secrets(test: &str, lines: &[Line]) {
                 )
             };
             panic!(
-                "a secret ({}…) reached the logs, found while scanning test `{test}`; written \
-                 by {writer}: {}",
-                &patterns[found.pattern().as_usize()]
-                    .chars()
-                    .take(6)
-                    .collect::<String>(),
+                "a secret ({found}…) reached the logs, found while scanning test `{test}`; \
+                 written by {writer}: {}",
                 line.text.trim_end()
             );
         }
@@ -216,42 +219,105 @@ pub fn lines_containing(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The matcher of every registered secret in every form, rebuilt only when secrets were
-/// registered since it was built.
-static SECRET_MATCHER: Mutex<Option<(usize, Arc<Matcher>)>> = Mutex::new(None);
+/// Automata over the forms of every registered secret, for `find_secret`. Secrets keep
+/// being registered (every token the fake issues), so one automaton rebuilt per new
+/// secret would cost the suite minutes: secrets are added in batches whose sizes double
+/// as they merge (a binary counter), so each secret is rebuilt into an automaton only
+/// about log₂(n) times and a search runs at most that many automata.
+#[derive(Default)]
+struct SecretIndex {
+    /// Secrets in the order they were registered (`SECRETS` is ordered by value).
+    registered: Vec<String>,
+    /// How many of `registered` the batches cover.
+    indexed: usize,
+    batches: Vec<(usize, Arc<Matcher>)>,
+    /// The automaton over the secrets no batch covers yet, and the range it covers.
+    pending: Option<((usize, usize), Arc<Matcher>)>,
+}
+
+static SECRET_INDEX: Mutex<SecretIndex> = Mutex::new(SecretIndex {
+    registered: Vec::new(),
+    indexed: 0,
+    batches: Vec::new(),
+    pending: None,
+});
+
+/// The smallest batch: searches run the secrets registered since the last batch through
+/// an automaton built on the spot.
+const BATCH: usize = 16;
 
 /// An automaton over secret forms, and the forms (to name what it found).
 type Matcher = (AhoCorasick, Vec<String>);
+
+fn matcher(secrets: &[String]) -> Arc<Matcher> {
+    let mut patterns: Vec<String> = secrets.iter().flat_map(|s| forms(s)).collect();
+    patterns.sort();
+    patterns.dedup();
+    // A contiguous NFA builds in time linear in the patterns; the DFA `new` would pick
+    // for a small set of long patterns takes far longer to build than to search with.
+    let automaton = AhoCorasick::builder()
+        .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
+        .build(&patterns)
+        .expect("patterns build");
+    Arc::new((automaton, patterns))
+}
 
 /// The first registered secret (its first six characters) found in `text`, in any of the
 /// forms a log line could hold it. Markers alone (`crk_`, `Atza|`) are not looked for:
 /// this is for response bodies and dumps, which may name a key's prefix.
 pub fn find_secret(text: &str) -> Option<String> {
-    let matcher = {
-        let secrets = lock(&SECRETS);
-        let mut cached = lock(&SECRET_MATCHER);
-        match &*cached {
-            Some((count, matcher)) if *count == secrets.len() => matcher.clone(),
+    first_secret(&secret_matchers(), text)
+}
+
+/// The automata covering every secret registered so far.
+fn secret_matchers() -> Vec<Arc<Matcher>> {
+    let mut index = lock(&SECRET_INDEX);
+    while index.registered.len() - index.indexed >= BATCH {
+        let start = index.indexed;
+        let mut size = BATCH;
+        index.indexed += BATCH;
+        // Merge equal-sized batches, as a binary counter carries.
+        while index.batches.last().is_some_and(|(last, _)| *last == size) {
+            index.batches.pop();
+            size *= 2;
+        }
+        let from = start + BATCH - size;
+        let built = matcher(&index.registered[from..start + BATCH]);
+        index.batches.push((size, built));
+    }
+    let mut matchers: Vec<Arc<Matcher>> = index.batches.iter().map(|(_, m)| m.clone()).collect();
+    let unindexed = (index.indexed, index.registered.len());
+    if unindexed.0 < unindexed.1 {
+        let pending = match &index.pending {
+            Some((covers, pending)) if *covers == unindexed => pending.clone(),
             _ => {
-                let mut patterns: Vec<String> = secrets.iter().flat_map(|s| forms(s)).collect();
-                patterns.sort();
-                patterns.dedup();
-                let built = Arc::new((
-                    AhoCorasick::new(&patterns).expect("patterns build"),
-                    patterns,
-                ));
-                *cached = Some((secrets.len(), built.clone()));
+                let built = matcher(&index.registered[unindexed.0..]);
+                index.pending = Some((unindexed, built.clone()));
                 built
             }
-        }
-    };
-    let (automaton, patterns) = &*matcher;
-    automaton.find(text).map(|found| {
-        patterns[found.pattern().as_usize()]
-            .chars()
-            .take(6)
-            .collect()
+        };
+        matchers.push(pending);
+    }
+    matchers
+}
+
+/// What the first of `matchers` to find anything in `text` found (its first six
+/// characters).
+fn first_secret(matchers: &[Arc<Matcher>], text: &str) -> Option<String> {
+    matchers.iter().find_map(|matcher| {
+        let (automaton, patterns) = &**matcher;
+        automaton.find(text).map(|found| {
+            patterns[found.pattern().as_usize()]
+                .chars()
+                .take(6)
+                .collect()
+        })
     })
+}
+
+/// How many secrets are registered so far.
+pub fn registered_secrets() -> usize {
+    lock(&SECRETS).len()
 }
 
 /// How many bytes are captured and not yet scanned: proves the capture works.

@@ -5,10 +5,12 @@ mod chaos;
 mod fake_amazon;
 mod fake_spapi;
 mod helpers;
+mod leaks;
 mod logs;
 mod private_pg;
 mod proxy;
 
+mod abuse;
 mod amazon_faults;
 mod api_keys;
 mod audit;

@@ -125,12 +125,12 @@ async fn assert_stale(response: reqwest::Response, cached: &Value, max_life: i64
 }
 
 /// Two cached tokens: one with 120 s left (and its token response), one that expires
-/// in a second.
+/// in two seconds (the least a token is handed out with is one whole second).
 async fn lasting_and_expiring_tokens(app: &TestApp, fake: &FakeLwa) -> (String, Value, String) {
     fake.set_expires_in(120);
     let lasting = connection(app, 1).await;
     let (cached, _) = token_ok(app, &lasting, "").await;
-    fake.set_expires_in(1);
+    fake.set_expires_in(2);
     let expiring = connection(app, 2).await;
     token_ok(app, &expiring, "?min_ttl=0").await;
     (lasting, cached, expiring)
@@ -152,7 +152,7 @@ async fn a_token_inside_min_ttl_is_served_stale_while_lwa_fails_but_never_expire
     problem(forced, StatusCode::SERVICE_UNAVAILABLE, "lwa_unavailable").await;
 
     // Past its expiry the token is never served, whatever is asked.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for query in ["?min_ttl=0", ""] {
         problem(
             token(&app, &expiring, query).await,
@@ -190,7 +190,7 @@ async fn a_token_inside_min_ttl_is_served_stale_while_the_database_is_down() {
         "database_unavailable",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     problem(
         get(&expiring, "?min_ttl=0").await,
         StatusCode::SERVICE_UNAVAILABLE,
