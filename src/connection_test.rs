@@ -128,8 +128,13 @@ impl ConnectionTester {
                     .map(|p| p.marketplace_id.clone())
                     .collect();
                 let is_seller = connection.account_type == AccountType::Seller;
-                self.connections
+                let recorded = self
+                    .connections
                     .record(id, tested, |c| {
+                        // A test that succeeded later has recorded already.
+                        if c.last_tested_at >= Some(at) {
+                            return;
+                        }
                         if is_seller {
                             c.marketplace_ids = participating.clone();
                         }
@@ -137,7 +142,8 @@ impl ConnectionTester {
                         c.status = ConnectionStatus::Active;
                         c.last_error = None;
                     })
-                    .await?;
+                    .await;
+                outlive_a_lost_race(id, recorded)?;
                 Ok(TestReport {
                     ok: true,
                     warnings: warnings(&participations, connection.region),
@@ -154,14 +160,16 @@ impl ConnectionTester {
                     message: failure.to_string(),
                     at,
                 };
-                self.connections
+                let recorded = self
+                    .connections
                     .record(id, tested, |c| {
                         if expired {
                             c.status = ConnectionStatus::ClientSecretExpired;
                         }
                         c.last_error = Some(last_error.clone());
                     })
-                    .await?;
+                    .await;
+                outlive_a_lost_race(id, recorded)?;
                 Err(failure)
             }
         }
@@ -188,6 +196,24 @@ impl ConnectionTester {
                     .map(|()| Vec::new()),
             ),
         }
+    }
+}
+
+/// A test's findings that could not be recorded because other writes of the same row
+/// kept winning (many tests of one connection at once, each retrying): the test itself
+/// happened, and its caller gets its outcome rather than a 409; the row holds what the
+/// concurrent writers recorded. Any other failure to record is the caller's answer.
+fn outlive_a_lost_race(
+    id: ConnectionId,
+    recorded: Result<crate::domain::Connection, ConnectionError>,
+) -> Result<(), TestError> {
+    match recorded {
+        Ok(_) => Ok(()),
+        Err(ConnectionError::Store(crate::store::StoreError::Conflict)) => {
+            tracing::warn!(connection_id = %id, "a connection test's findings lost the race to other writes; not recorded");
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
     }
 }
 

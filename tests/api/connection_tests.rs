@@ -16,6 +16,7 @@ both_backends!(
     a_rejected_token_is_replaced_once,
     refusals_say_what_to_do_and_an_expired_secret_stops_workers,
     a_failing_or_throttling_amazon_leaves_the_status,
+    many_tests_of_one_connection_at_once_all_report,
 );
 
 async fn test(app: &TestApp, id: &str) -> reqwest::Response {
@@ -309,4 +310,24 @@ async fn a_failing_or_throttling_amazon_leaves_the_status(backend: Backend) {
         echoed.contains("spapi_invalid_input") && echoed.contains("[redacted]"),
         "{echoed}"
     );
+}
+
+/// Catches: a test's findings written with the bounded optimistic retry and a lost race
+/// answered 409 `conflict`: many tests of one connection at once (a double-click, a
+/// retrying frontend) each try to record, and the losers of every round used to fail
+/// although their test had run (found by `amazon_faults.rs`).
+async fn many_tests_of_one_connection_at_once_all_report(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    token_ok(&app, &id, "").await;
+    let tests = (0..24).map(|_| test(&app, &id));
+    for answer in futures_util::future::join_all(tests).await {
+        assert_eq!(answer.status(), StatusCode::OK);
+        let report: Value = answer.json().await.unwrap();
+        assert_eq!(report["ok"], true);
+    }
+    let stored = read(&app, &id).await;
+    assert!(stored["last_tested_at"].is_string(), "{stored}");
+    assert_eq!(stored["status"], "active");
 }
