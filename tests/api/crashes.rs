@@ -291,15 +291,22 @@ async fn verify_and_settle(
         "round {round}: the application's connections hold different secrets: {hints:?}"
     );
     let (_, replaced) = get("/audit-events?type=client_secret.replaced&limit=500".to_owned()).await;
-    let replaced = replaced["items"]
+    let replaced: Vec<&Value> = replaced["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["target_id"] == ledger.client_id.as_str())
-        .count();
+        .collect();
     assert_eq!(
-        replaced, ledger.replacements,
-        "round {round}: replacement events"
+        replaced.len(),
+        ledger.replacements,
+        "round {round}: replacement events (their hints {:?}, the secret now …{}, stored \
+         hints {hints:?})",
+        replaced
+            .iter()
+            .map(|e| e["body"]["hint"].clone())
+            .collect::<Vec<_>>(),
+        &ledger.secret[ledger.secret.len() - 4..]
     );
     for (id, owned) in &mut ledger.connections {
         let row = &stored[id];

@@ -15,7 +15,7 @@ use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
     ADMIN_KEY, Backend, MASTER_KEYS, TestApp, TestDb, client_secret, connection_body, problem,
-    settings,
+    reliability_scale, report, settings,
 };
 use crate::operators::{BINARY, Run, cli_with_keys};
 use crate::tokens::{authorize, token, token_ok};
@@ -23,6 +23,7 @@ use crate::tokens::{authorize, token, token_ok};
 both_backends!(
     a_rotation_rewraps_everything_while_tokens_are_served,
     a_rewrap_killed_half_way_resumes_where_it_stopped,
+    a_rewrap_killed_again_and_again_loses_no_secret,
     a_replica_without_a_key_fails_only_what_that_key_sealed,
 );
 
@@ -332,4 +333,86 @@ async fn a_replica_without_a_key_fails_only_what_that_key_sealed(backend: Backen
     token_ok(&old_replica, &old, "").await;
     token_ok(&new_replica, &new, "").await;
     assert_eq!(fake.calls(), 2);
+}
+
+/// Guards each rewrap batch being one transaction that leaves every row under one key or
+/// the other: the rewrap killed with SIGKILL at a random point, round after round (the
+/// reliability suite's crash rounds), and after every kill each connection opens with
+/// both keys configured; at the end every secret is under the new key alone, and the
+/// service starts and serves without the old one.
+async fn a_rewrap_killed_again_and_again_loses_no_secret(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let db = TestDb::new(backend).await;
+    let app = server(&db, &fake, MASTER_KEYS).await.unwrap();
+    let ids = connections(&app, 40).await;
+    for id in &ids {
+        token_ok(&app, id, "").await; // an access token sealed too: 120 secrets
+    }
+    app.stop().await;
+    let k2 = generate(&db, "k2").await;
+    let both = format!("{k2},{MASTER_KEYS}");
+    let store = db.store().await;
+    let mut kills = 0;
+    for round in 0..3 * reliability_scale() {
+        let before = store.count_sealed_with("k2").await.unwrap();
+        if before == 120 {
+            break;
+        }
+        let mut rewrap = Command::new(BINARY)
+            .args(["keys", "rewrap", "--batch-size", "1", "--pause-ms", "30"])
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("REGISTRY_MASTER_KEYS", &both)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Killed once it has made some progress, at a point that varies by round.
+        let wait = Duration::from_millis(30 + 37 * u64::from(round % 5));
+        for _ in 0..200 {
+            if store.count_sealed_with("k2").await.unwrap() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(wait).await;
+        rewrap.start_kill().unwrap();
+        let status = rewrap.wait().await.unwrap();
+        kills += usize::from(!status.success());
+        let (k1, k2_count) = (
+            store.count_sealed_with("k1").await.unwrap(),
+            store.count_sealed_with("k2").await.unwrap(),
+        );
+        assert_eq!(
+            k1 + k2_count,
+            120,
+            "round {round}: every secret under one key"
+        );
+        let app = server(&db, &fake, &both).await.unwrap();
+        for id in &ids {
+            token_ok(&app, id, "").await;
+        }
+        app.stop().await;
+    }
+    let finished: Run = cli_with_keys(&db, &both, &["keys", "rewrap"]).await;
+    finished.assert_succeeded("the last rewrap");
+    assert_eq!(store.count_sealed_with("k1").await.unwrap(), 0);
+    assert_eq!(store.count_sealed_with("k2").await.unwrap(), 120);
+    let app = server(&db, &fake, &k2).await.unwrap();
+    for id in &ids {
+        assert_eq!(authorize(&app, id).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        fake.calls(),
+        80,
+        "each connection exchanged again with the new key alone"
+    );
+    report(
+        &format!("crashes: master-key rewrap ({backend:?})"),
+        &format!("{kills} rewraps of 120 secrets killed with SIGKILL part-way, one after another"),
+        "after every kill each secret under one key and every connection opening; the \
+         last run finishing the rest; served with the new key alone",
+    );
 }

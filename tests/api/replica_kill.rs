@@ -98,11 +98,24 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     // The kill lands after the cold start: a replica killed between LWA's answer and its
     // write takes that token with it, and another replica asks LWA again (a second call
     // for that connection; `a_lease_of_a_killed_replica_is_taken_over_at_once`).
+    // Finished means stored, not asked for: every row holds its token and no lease.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while fake.calls() < connections as usize {
+    loop {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let (settled,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM connections \
+             WHERE access_token IS NOT NULL AND token_lease_until IS NULL",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if settled == i64::from(connections) {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the cold start did not finish"
+            "the cold start did not finish: {settled} of {connections} stored"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
