@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
-    ADMIN_KEY, Backend, MASTER_KEYS, TestDb, client_secret, connection_body, refresh_token,
-    reliability_scale, report,
+    ADMIN_KEY, Backend, TestDb, client_secret, connection_body, refresh_token, reliability_scale,
+    report,
 };
 use crate::operators::ServerProcess;
 
@@ -59,12 +59,6 @@ async fn killed_mid_write_loses_nothing_acknowledged_and_half_writes_nothing(bac
     let fake = FakeLwa::start().await;
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
-        ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
-        ("REGISTRY_LWA_TOKEN_URL", fake.token_url.as_str()),
-    ];
     let mut ledgers: Vec<Ledger> = (0..WRITERS)
         .map(|w| Ledger {
             client_id: format!("amzn1.application-oa2-client.{:032x}", 0xc4a5_0000 + w),
@@ -78,7 +72,7 @@ async fn killed_mid_write_loses_nothing_acknowledged_and_half_writes_nothing(bac
     let mut in_flight_at_kill = 0;
     let mut serial = 100_000;
     for round in 0..rounds {
-        let server = ServerProcess::spawn(&env, dir.path()).await;
+        let server = ServerProcess::over(&db, &fake, dir.path()).await;
         let base = server.url("");
         let mut writers = Vec::new();
         for (w, ledger) in ledgers.into_iter().enumerate() {
@@ -107,7 +101,7 @@ async fn killed_mid_write_loses_nothing_acknowledged_and_half_writes_nothing(bac
             ledgers.push(ledger);
         }
 
-        let server = ServerProcess::spawn(&env, dir.path()).await;
+        let server = ServerProcess::over(&db, &fake, dir.path()).await;
         for ledger in &mut ledgers {
             verify_and_settle(&server, &fake, ledger, round).await;
         }

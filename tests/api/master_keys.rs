@@ -57,6 +57,23 @@ async fn status(db: &TestDb, keys: &str) -> Vec<(String, bool, u64)> {
         .collect()
 }
 
+/// `keys rewrap` as a child process, `batch` rows at a time with `pause_ms` between
+/// batches, so a test can kill it part-way.
+fn slow_rewrap(db: &TestDb, keys: &str, batch: u32, pause_ms: u64) -> tokio::process::Child {
+    Command::new(BINARY)
+        .args(["keys", "rewrap", "--batch-size", &batch.to_string()])
+        .args(["--pause-ms", &pause_ms.to_string()])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("REGISTRY_MASTER_KEYS", keys)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 async fn server(db: &Arc<TestDb>, fake: &FakeLwa, keys: &str) -> anyhow::Result<TestApp> {
     let mut settings = settings(db, Some(keys));
     settings.lwa_token_url = fake.token_url.clone();
@@ -249,17 +266,7 @@ async fn a_rewrap_killed_half_way_resumes_where_it_stopped(backend: Backend) {
     let store = db.store().await;
 
     // Two rows per batch, a pause after each: about three seconds in all.
-    let mut rewrap = Command::new(BINARY)
-        .args(["keys", "rewrap", "--batch-size", "2", "--pause-ms", "100"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("REGISTRY_MASTER_KEYS", &both)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut rewrap = slow_rewrap(&db, &both, 2, 100);
     let mut done = 0;
     for _ in 0..200 {
         done = store.count_sealed_with("k2").await.unwrap();
@@ -358,17 +365,7 @@ async fn a_rewrap_killed_again_and_again_loses_no_secret(backend: Backend) {
         if before == 120 {
             break;
         }
-        let mut rewrap = Command::new(BINARY)
-            .args(["keys", "rewrap", "--batch-size", "1", "--pause-ms", "30"])
-            .env_clear()
-            .env("DATABASE_URL", &db.url)
-            .env("REGISTRY_MASTER_KEYS", &both)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut rewrap = slow_rewrap(&db, &both, 1, 30);
         // Killed once it has made some progress, at a point that varies by round.
         let wait = Duration::from_millis(30 + 37 * u64::from(round % 5));
         for _ in 0..200 {

@@ -458,6 +458,17 @@ impl ServerProcess {
         }
     }
 
+    /// `serve` over `db` with the suite's master key and admin key, and `fake` as LWA.
+    pub(crate) async fn over(db: &TestDb, fake: &FakeLwa, dir: &Path) -> Self {
+        let env = [
+            ("DATABASE_URL", db.url.as_str()),
+            ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
+            ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
+            ("REGISTRY_LWA_TOKEN_URL", fake.token_url.as_str()),
+        ];
+        Self::spawn(&env, dir).await
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -12,8 +12,7 @@ use serde_json::Value;
 
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
-    ADMIN_KEY, Backend, MASTER_KEYS, TestDb, connection_body, refresh_token, reliability_scale,
-    report,
+    ADMIN_KEY, Backend, TestDb, connection_body, refresh_token, reliability_scale, report,
 };
 use crate::operators::ServerProcess;
 
@@ -43,15 +42,9 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     fake.set_delay(Duration::from_millis(50));
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
-        ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
-        ("REGISTRY_LWA_TOKEN_URL", fake.token_url.as_str()),
-    ];
     let mut replicas = Vec::new();
     for _ in 0..3 {
-        replicas.push(ServerProcess::spawn(&env, dir.path()).await);
+        replicas.push(ServerProcess::over(&db, &fake, dir.path()).await);
     }
     let http = reqwest::Client::new();
     let connections = 150 * reliability_scale();
@@ -129,7 +122,7 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     }
     tokio::time::sleep(hold).await;
     // Started again (on another port); the balancer learns of it.
-    let restarted = ServerProcess::spawn(&env, dir.path()).await;
+    let restarted = ServerProcess::over(&db, &fake, dir.path()).await;
     {
         let mut pool = pool.write().unwrap();
         let at = pool.iter().position(|url| *url == killed_url).unwrap();
@@ -186,14 +179,8 @@ async fn a_lease_of_a_killed_replica_is_taken_over_at_once() {
     fake.set_delay(Duration::from_secs(3));
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("REGISTRY_MASTER_KEYS", MASTER_KEYS),
-        ("REGISTRY_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY),
-        ("REGISTRY_LWA_TOKEN_URL", fake.token_url.as_str()),
-    ];
-    let doomed = ServerProcess::spawn(&env, dir.path()).await;
-    let survivor = ServerProcess::spawn(&env, dir.path()).await;
+    let doomed = ServerProcess::over(&db, &fake, dir.path()).await;
+    let survivor = ServerProcess::over(&db, &fake, dir.path()).await;
     let http = reqwest::Client::new();
     let created: Value = http
         .post(doomed.url("/connections"))
