@@ -49,7 +49,8 @@ impl From<StoreError> for ApiKeyError {
 #[derive(Clone)]
 pub struct ApiKeys {
     store: Store,
-    active: Arc<RwLock<HashMap<ApiKeyHash, ApiKey>>>,
+    /// Shared, not cloned, with each request that presents them: a key has strings.
+    active: Arc<RwLock<HashMap<ApiKeyHash, Arc<ApiKey>>>>,
     /// Keys the database did not know, and when it said so.
     unknown: Arc<Mutex<HashMap<ApiKeyHash, Instant>>>,
     lookups: Arc<Mutex<LookupBudget>>,
@@ -113,7 +114,7 @@ impl ApiKeys {
     }
 
     /// Who presented `token`. Hashes are compared in constant time (see `ApiKeyHash`).
-    pub async fn verify(&self, token: &ApiKeyToken) -> Result<ApiKey, ApiKeyError> {
+    pub async fn verify(&self, token: &ApiKeyToken) -> Result<Arc<ApiKey>, ApiKeyError> {
         let hash = token.hash();
         if let Some(key) = self.read().get(&hash) {
             return Ok(key.clone());
@@ -146,6 +147,7 @@ impl ApiKeys {
             unknown.insert(hash, Instant::now());
             return Err(ApiKeyError::UnknownKey);
         };
+        let key = Arc::new(key);
         self.write().insert(hash, key.clone());
         Ok(key)
     }
@@ -181,7 +183,7 @@ impl ApiKeys {
         self.store.insert_api_key(&key, token.hash()).await?;
         self.created_here()
             .insert(token.hash(), (key.clone(), Instant::now()));
-        self.write().insert(token.hash(), key.clone());
+        self.write().insert(token.hash(), Arc::new(key.clone()));
         Ok(CreatedApiKey { key, token })
     }
 
@@ -226,13 +228,13 @@ impl ApiKeys {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ApiKeyHash, ApiKey>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ApiKeyHash, Arc<ApiKey>>> {
         self.active
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ApiKeyHash, ApiKey>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ApiKeyHash, Arc<ApiKey>>> {
         self.active
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -247,10 +249,13 @@ impl ApiKeys {
 fn merged(
     loaded: HashMap<ApiKeyHash, ApiKey>,
     created_here: &HashMap<ApiKeyHash, (ApiKey, Instant)>,
-) -> HashMap<ApiKeyHash, ApiKey> {
-    let mut keys = loaded;
+) -> HashMap<ApiKeyHash, Arc<ApiKey>> {
+    let mut keys: HashMap<_, _> = loaded
+        .into_iter()
+        .map(|(hash, key)| (hash, Arc::new(key)))
+        .collect();
     for (hash, (key, _)) in created_here {
-        keys.entry(*hash).or_insert_with(|| key.clone());
+        keys.entry(*hash).or_insert_with(|| Arc::new(key.clone()));
     }
     keys
 }

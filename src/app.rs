@@ -30,9 +30,21 @@ use crate::website_auth::WebsiteAuthorization;
 /// Where the first admin key goes when there is no terminal to show it on.
 pub const FIRST_ADMIN_KEY_FILE: &str = "first-admin.key";
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs, behind one `Arc`: axum clones the state for every request
+/// (and again for each `State` extractor), so a clone must be one reference count, not
+/// one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub store: Store,
     pub connections: Connections,
     pub api_keys: ApiKeys,
@@ -114,7 +126,7 @@ impl Application {
         );
         let handouts = HandoutTrail::new(store.clone(), config.tokens.handout_flush);
         let webhooks = Webhooks::new(store.clone(), keyring.clone(), config.webhooks.clone());
-        let state = AppState {
+        let state = AppState(Arc::new(Services {
             handouts,
             webhooks,
             connections,
@@ -126,7 +138,7 @@ impl Application {
             store,
             metrics: crate::metrics::handle(),
             request_timeout: config.request_timeout,
-        };
+        }));
         Ok(Self {
             listener,
             state,

@@ -146,7 +146,7 @@ required_scope! {
 /// The caller's API key, known to hold scope `S`: missing or unknown key → 401, a key
 /// without the scope → 403.
 pub struct Caller<S> {
-    pub key: ApiKey,
+    pub key: std::sync::Arc<ApiKey>,
     scope: PhantomData<S>,
 }
 

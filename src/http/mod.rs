@@ -11,6 +11,7 @@ mod health;
 mod oauth;
 mod serve;
 mod spapi;
+mod token_body;
 mod tokens;
 mod webhooks;
 

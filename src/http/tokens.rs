@@ -7,16 +7,14 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::{Caller, ConnectionsWrite, Id, QueryFields, TokensRead};
 use super::fields::{integer_in, string};
+use super::token_body::TokenBody;
 use crate::app::AppState;
-use crate::domain::{
-    Connection, ConnectionId, Environment, GrantlessScope, MerchantToken, ParseError, Region, now,
-};
+use crate::domain::{Connection, ConnectionId, GrantlessScope, ParseError, now};
 use crate::tokens::Served;
 
 const DEFAULT_MIN_TTL: u64 = 60;
@@ -42,20 +40,6 @@ async fn authorize(
     Ok(Json(state.connections.get(id).await?))
 }
 
-#[derive(Serialize)]
-struct TokenBody<'a> {
-    access_token: &'a str,
-    token_type: &'static str,
-    expires_at: DateTime<Utc>,
-    expires_in: i64,
-    sp_api_endpoint: &'a str,
-    aws_region: &'static str,
-    region: Region,
-    environment: Environment,
-    merchant_token: &'a MerchantToken,
-    marketplace_ids: &'a [String],
-}
-
 async fn token(
     caller: Caller<TokensRead>,
     State(state): State<AppState>,
@@ -77,12 +61,13 @@ async fn token(
                 .await?
         }
     };
-    state.handouts.record(caller.key.id, id);
+    let now = now();
+    state.handouts.record(caller.key.id, id, now);
     let body = TokenBody {
         access_token: grant.token.expose(),
         token_type: "bearer",
         expires_at: grant.token.expires_at,
-        expires_in: grant.token.remaining_secs(now()).max(0),
+        expires_in: grant.token.remaining_secs(now).max(0),
         sp_api_endpoint: &grant.endpoint.sp_api_endpoint,
         aws_region: grant.endpoint.aws_region,
         region: grant.region,
@@ -90,14 +75,26 @@ async fn token(
         merchant_token: &grant.merchant_token,
         marketplace_ids: &grant.marketplace_ids,
     };
-    Ok(credential(body, served))
+    Ok(credential_json(body.to_json(), served))
 }
 
 /// A response whose body is a credential: nothing on the way may keep it
 /// (`Cache-Control: no-store`), and `Cache-Status` (RFC 9211) tells the worker (and the
 /// tests) whether it waited on a fetch.
 pub(super) fn credential(body: impl Serialize, served: Served) -> Response {
-    let mut response = Json(body).into_response();
+    let json = serde_json::to_vec(&body).expect("a credential body serializes");
+    credential_json(json, served)
+}
+
+fn credential_json(json: Vec<u8>, served: Served) -> Response {
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(

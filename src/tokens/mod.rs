@@ -16,7 +16,7 @@ mod refresh;
 mod restricted;
 mod settings;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -352,10 +352,18 @@ impl TokenService {
 }
 
 fn count_served(served: Served) {
-    let label = match served {
-        Served::Memory => "memory",
-        Served::Fetched => "fetched",
-        Served::Stale => "stale",
+    // Registered once: looking a labelled counter up in the recorder costs more than the
+    // rest of the hot path.
+    static COUNTERS: OnceLock<[metrics::Counter; 3]> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        crate::metrics::handle();
+        ["memory", "fetched", "stale"]
+            .map(|label| metrics::counter!("registry_token_requests_total", "served" => label))
+    });
+    let index = match served {
+        Served::Memory => 0,
+        Served::Fetched => 1,
+        Served::Stale => 2,
     };
-    metrics::counter!("registry_token_requests_total", "served" => label).increment(1);
+    counters[index].increment(1);
 }
