@@ -79,7 +79,10 @@ mod tests {
             let now = super::now();
             assert_eq!(now.nanosecond() % 1_000, 0, "{now:?}");
             assert!(now <= chrono::Utc::now());
-            assert!(before - now < chrono::TimeDelta::microseconds(1), "{before:?} {now:?}");
+            assert!(
+                before - now < chrono::TimeDelta::microseconds(1),
+                "{before:?} {now:?}"
+            );
         }
     }
 }
