@@ -1,9 +1,11 @@
 //! The store itself, on both backends: the outcomes handlers rely on.
 
 use connection_registry::crypto::Sealed;
-use connection_registry::domain::{ConnectionId, ConnectionStatus, LastError, Region, now};
+use connection_registry::domain::{
+    Connection, ConnectionId, ConnectionStatus, Environment, LastError, MerchantToken, Region, now,
+};
 use connection_registry::store::{ConnectionFilter, StoreError, StoredToken};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{Backend, connection_body, spawn_app};
@@ -12,6 +14,7 @@ both_backends!(
     a_stale_update_is_a_conflict_and_a_missing_row_not_found,
     every_column_round_trips,
     list_filters_combine_with_the_cursor,
+    every_combination_of_list_filters_narrows_alone_together_and_after_the_cursor,
     readiness_reflects_the_database,
 );
 crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
@@ -117,6 +120,112 @@ async fn list_filters_combine_with_the_cursor(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
+}
+
+/// Catches: a list query that leaves out a filter it was given (or joins two with OR, or
+/// binds one's value to another's placeholder) in any combination, with or without a
+/// cursor. Each filter's value matches a different subset of the connections, so each
+/// condition removes rows the others keep.
+async fn every_combination_of_list_filters_narrows_alone_together_and_after_the_cursor(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let store = app.db.store().await;
+    let soon = now() + chrono::Duration::days(10);
+    let later = now() + chrono::Duration::days(100);
+    let mut ids = Vec::new();
+    for n in 0..24u32 {
+        let mut body = connection_body(n);
+        body["region"] = json!(["eu", "na", "fe"][n as usize % 3]);
+        body["environment"] = json!(if n % 2 == 1 { "sandbox" } else { "production" });
+        if n % 4 >= 2 {
+            body["merchant_token"] = json!("A1OTHERSELLER9");
+        }
+        let expires = if n % 7 < 3 { soon } else { later };
+        body["client_secret_expires_at"] =
+            json!(expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let created = app.create_connection(&body).await;
+        let id = ConnectionId::parse(created["id"].as_str().unwrap()).unwrap();
+        if n % 5 < 2 {
+            let mut row = store.get_connection(id).await.unwrap();
+            row.connection.status = ConnectionStatus::Active;
+            row.version += 1;
+            store.update_connection(&row, &[]).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let everything = store
+        .list_connections(&ConnectionFilter::default(), 100)
+        .await
+        .unwrap();
+    let all: Vec<Connection> = everything.into_iter().map(|row| row.connection).collect();
+    assert_eq!(all.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+
+    let other = MerchantToken::parse("A1OTHERSELLER9").unwrap();
+    let before = now() + chrono::Duration::days(30);
+    let cursor = ids[5];
+    for mask in 0..64u32 {
+        let on = |bit: u32| mask & (1 << bit) != 0;
+        let filter = ConnectionFilter {
+            status: on(0).then_some(ConnectionStatus::Active),
+            region: on(1).then_some(Region::Na),
+            environment: on(2).then_some(Environment::Sandbox),
+            merchant_token: on(3).then(|| other.clone()),
+            client_secret_expires_before: on(4).then_some(before),
+            after: on(5).then_some(cursor),
+        };
+        let expected: Vec<ConnectionId> = all
+            .iter()
+            .filter(|c| {
+                filter.status.is_none_or(|status| c.status == status)
+                    && filter.region.is_none_or(|region| c.region == region)
+                    && filter.environment.is_none_or(|env| c.environment == env)
+                    && filter
+                        .merchant_token
+                        .as_ref()
+                        .is_none_or(|token| c.merchant_token.as_str() == token.as_str())
+                    && filter
+                        .client_secret_expires_before
+                        .is_none_or(|before| c.client_secret_expires_at < before)
+                    && filter.after.is_none_or(|after| c.id > after)
+            })
+            .map(|c| c.id)
+            .collect();
+        let listed: Vec<ConnectionId> = store
+            .list_connections(&filter, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.connection.id)
+            .collect();
+        assert_eq!(listed, expected, "{filter:?}");
+
+        // Page by two from the filter's own cursor: the same rows, none twice.
+        let mut paged = Vec::new();
+        let mut page_filter = filter.clone();
+        loop {
+            let page = store.list_connections(&page_filter, 2).await.unwrap();
+            let Some(last) = page.last() else { break };
+            page_filter.after = Some(last.connection.id);
+            paged.extend(page.iter().map(|row| row.connection.id));
+            assert!(paged.len() <= ids.len(), "paging must end: {filter:?}");
+        }
+        assert_eq!(paged, expected, "paged: {filter:?}");
+    }
+    // Every filter matters somewhere: none of them alone keeps everything or nothing.
+    for bit in 0..5u32 {
+        let matching = all
+            .iter()
+            .filter(|c| match bit {
+                0 => c.status == ConnectionStatus::Active,
+                1 => c.region == Region::Na,
+                2 => c.environment == Environment::Sandbox,
+                3 => c.merchant_token.as_str() == other.as_str(),
+                _ => c.client_secret_expires_at < before,
+            })
+            .count();
+        assert!(0 < matching && matching < all.len(), "filter {bit}");
+    }
 }
 
 async fn readiness_reflects_the_database(backend: Backend) {
