@@ -1,26 +1,58 @@
 //! SP-API hosts and AWS regions per region and environment (docs/amazon.md, "SP-API hosts").
 
+use std::sync::Arc;
+
 use reqwest::Url;
 use serde::Serialize;
 
 use crate::domain::{Environment, Region};
 
-/// Where a worker sends SP-API calls for one connection.
+/// Where a worker sends SP-API calls for one connection. The host is shared: every cached
+/// grant holds one, and there are only six.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpApiEndpoint {
-    pub sp_api_endpoint: String,
+    pub sp_api_endpoint: Arc<str>,
     pub aws_region: &'static str,
 }
 
-/// The real hosts, or `REGISTRY_SPAPI_URL` for every region and environment.
-#[derive(Debug, Clone, Default)]
+/// The real hosts, or `REGISTRY_SPAPI_URL` for every region and environment; each made
+/// once.
+#[derive(Debug, Clone)]
 pub struct SpApiHosts {
-    override_url: Option<Url>,
+    /// Indexed by region, then environment (production, sandbox).
+    hosts: [[Arc<str>; 2]; 3],
 }
+
+impl Default for SpApiHosts {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+const REGIONS: [Region; 3] = [Region::Na, Region::Eu, Region::Fe];
+const ENVIRONMENTS: [Environment; 2] = [Environment::Production, Environment::Sandbox];
 
 impl SpApiHosts {
     pub fn new(override_url: Option<Url>) -> Self {
-        Self { override_url }
+        let host = |region: Region, environment: Environment| -> Arc<str> {
+            match &override_url {
+                Some(url) => url.as_str().trim_end_matches('/').into(),
+                None => {
+                    let sandbox = match environment {
+                        Environment::Production => "",
+                        Environment::Sandbox => "sandbox.",
+                    };
+                    format!(
+                        "https://{sandbox}sellingpartnerapi-{}.amazon.com",
+                        region.as_str()
+                    )
+                    .into()
+                }
+            }
+        };
+        Self {
+            hosts: REGIONS.map(|region| ENVIRONMENTS.map(|environment| host(region, environment))),
+        }
     }
 
     pub fn endpoint(&self, region: Region, environment: Environment) -> SpApiEndpoint {
@@ -29,21 +61,13 @@ impl SpApiHosts {
             Region::Eu => "eu-west-1",
             Region::Fe => "us-west-2",
         };
-        let sp_api_endpoint = match &self.override_url {
-            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-            None => {
-                let sandbox = match environment {
-                    Environment::Production => "",
-                    Environment::Sandbox => "sandbox.",
-                };
-                format!(
-                    "https://{sandbox}sellingpartnerapi-{}.amazon.com",
-                    region.as_str()
-                )
-            }
-        };
+        let by_region = &self.hosts[REGIONS.iter().position(|r| *r == region).expect("listed")];
+        let host = &by_region[ENVIRONMENTS
+            .iter()
+            .position(|e| *e == environment)
+            .expect("listed")];
         SpApiEndpoint {
-            sp_api_endpoint,
+            sp_api_endpoint: host.clone(),
             aws_region,
         }
     }
@@ -84,7 +108,7 @@ mod tests {
         ];
         for (region, environment, host, aws_region) in cases {
             let endpoint = hosts.endpoint(region, environment);
-            assert_eq!(endpoint.sp_api_endpoint, host);
+            assert_eq!(&*endpoint.sp_api_endpoint, host);
             assert_eq!(endpoint.aws_region, aws_region);
         }
     }
@@ -93,7 +117,7 @@ mod tests {
     fn override_replaces_every_host_but_keeps_the_aws_region() {
         let hosts = SpApiHosts::new(Some(Url::parse("http://127.0.0.1:9000/").unwrap()));
         let endpoint = hosts.endpoint(Region::Eu, Environment::Sandbox);
-        assert_eq!(endpoint.sp_api_endpoint, "http://127.0.0.1:9000");
+        assert_eq!(&*endpoint.sp_api_endpoint, "http://127.0.0.1:9000");
         assert_eq!(endpoint.aws_region, "eu-west-1");
     }
 }

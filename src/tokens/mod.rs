@@ -16,8 +16,8 @@ mod refresh;
 mod restricted;
 mod settings;
 
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
