@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use crate::domain::{Environment, Region};
 
-/// Where a worker sends SP-API calls for one connection. The host is shared: every cached
+/// Where a worker sends SP-API calls for one connection. Shared (`Arc`): every cached
 /// grant holds one, and there are only six.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpApiEndpoint {
-    pub sp_api_endpoint: Arc<str>,
+    pub sp_api_endpoint: String,
     pub aws_region: &'static str,
 }
 
@@ -20,7 +20,7 @@ pub struct SpApiEndpoint {
 #[derive(Debug, Clone)]
 pub struct SpApiHosts {
     /// Indexed by region, then environment (production, sandbox).
-    hosts: [[Arc<str>; 2]; 3],
+    endpoints: [[Arc<SpApiEndpoint>; 2]; 3],
 }
 
 impl Default for SpApiHosts {
@@ -34,9 +34,14 @@ const ENVIRONMENTS: [Environment; 2] = [Environment::Production, Environment::Sa
 
 impl SpApiHosts {
     pub fn new(override_url: Option<Url>) -> Self {
-        let host = |region: Region, environment: Environment| -> Arc<str> {
-            match &override_url {
-                Some(url) => url.as_str().trim_end_matches('/').into(),
+        let endpoint = |region: Region, environment: Environment| {
+            let aws_region = match region {
+                Region::Na => "us-east-1",
+                Region::Eu => "eu-west-1",
+                Region::Fe => "us-west-2",
+            };
+            let sp_api_endpoint = match &override_url {
+                Some(url) => url.as_str().trim_end_matches('/').to_owned(),
                 None => {
                     let sandbox = match environment {
                         Environment::Production => "",
@@ -46,30 +51,26 @@ impl SpApiHosts {
                         "https://{sandbox}sellingpartnerapi-{}.amazon.com",
                         region.as_str()
                     )
-                    .into()
                 }
-            }
+            };
+            Arc::new(SpApiEndpoint {
+                sp_api_endpoint,
+                aws_region,
+            })
         };
         Self {
-            hosts: REGIONS.map(|region| ENVIRONMENTS.map(|environment| host(region, environment))),
+            endpoints: REGIONS
+                .map(|region| ENVIRONMENTS.map(|environment| endpoint(region, environment))),
         }
     }
 
-    pub fn endpoint(&self, region: Region, environment: Environment) -> SpApiEndpoint {
-        let aws_region = match region {
-            Region::Na => "us-east-1",
-            Region::Eu => "eu-west-1",
-            Region::Fe => "us-west-2",
-        };
-        let by_region = &self.hosts[REGIONS.iter().position(|r| *r == region).expect("listed")];
-        let host = &by_region[ENVIRONMENTS
+    pub fn endpoint(&self, region: Region, environment: Environment) -> Arc<SpApiEndpoint> {
+        let region = REGIONS.iter().position(|r| *r == region).expect("listed");
+        let environment = ENVIRONMENTS
             .iter()
             .position(|e| *e == environment)
-            .expect("listed")];
-        SpApiEndpoint {
-            sp_api_endpoint: host.clone(),
-            aws_region,
-        }
+            .expect("listed");
+        self.endpoints[region][environment].clone()
     }
 }
 
@@ -108,7 +109,7 @@ mod tests {
         ];
         for (region, environment, host, aws_region) in cases {
             let endpoint = hosts.endpoint(region, environment);
-            assert_eq!(&*endpoint.sp_api_endpoint, host);
+            assert_eq!(endpoint.sp_api_endpoint, host);
             assert_eq!(endpoint.aws_region, aws_region);
         }
     }
@@ -117,7 +118,7 @@ mod tests {
     fn override_replaces_every_host_but_keeps_the_aws_region() {
         let hosts = SpApiHosts::new(Some(Url::parse("http://127.0.0.1:9000/").unwrap()));
         let endpoint = hosts.endpoint(Region::Eu, Environment::Sandbox);
-        assert_eq!(&*endpoint.sp_api_endpoint, "http://127.0.0.1:9000");
+        assert_eq!(endpoint.sp_api_endpoint, "http://127.0.0.1:9000");
         assert_eq!(endpoint.aws_region, "eu-west-1");
     }
 }

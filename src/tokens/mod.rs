@@ -93,7 +93,7 @@ pub struct Grant {
     pub environment: Environment,
     pub merchant_token: MerchantToken,
     pub marketplace_ids: Vec<String>,
-    pub endpoint: SpApiEndpoint,
+    pub endpoint: Arc<SpApiEndpoint>,
     /// Unix milliseconds of the last request for it; idle grants are neither refreshed
     /// nor kept.
     last_used: AtomicI64,
