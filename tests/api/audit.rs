@@ -312,6 +312,13 @@ async fn token_handouts_are_counted_per_key_connection_and_minute(backend: Backe
     assert_eq!(total, 4);
     let minute = of_one["items"][0]["minute"].as_str().unwrap();
     assert!(minute.ends_with(":00Z"), "{minute}");
+    // The minute the tokens were handed out in, not merely a whole minute.
+    let at: chrono::DateTime<chrono::Utc> = minute.parse().unwrap();
+    let age = chrono::Utc::now() - at;
+    assert!(
+        age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::minutes(5),
+        "{minute}"
+    );
 }
 
 /// Guards the request id: a sane one is kept and returned, an insane one replaced; the
