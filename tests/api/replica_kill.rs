@@ -50,20 +50,7 @@ async fn a_replica_killed_under_load_fails_only_its_own_requests() {
     let connections = 150 * reliability_scale();
     let mut paths = Vec::new();
     for n in 0..connections {
-        let created: Value = http
-            .post(replicas[(n % 3) as usize].url("/connections"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&connection_body(n))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        paths.push(format!(
-            "/connections/{}/token",
-            created["id"].as_str().unwrap()
-        ));
+        paths.push(token_path_of_new_connection(&http, &replicas[(n % 3) as usize], n).await);
     }
     let pool: Pool = Arc::new(RwLock::new(replicas.iter().map(|r| r.url("")).collect()));
     let killed_url = replicas[1].url("");
@@ -182,17 +169,7 @@ async fn a_lease_of_a_killed_replica_is_taken_over_at_once() {
     let doomed = ServerProcess::over(&db, &fake, dir.path()).await;
     let survivor = ServerProcess::over(&db, &fake, dir.path()).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(doomed.url("/connections"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&connection_body(1))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let path = format!("/connections/{}/token", created["id"].as_str().unwrap());
+    let path = token_path_of_new_connection(&http, &doomed, 1).await;
     let in_flight = tokio::spawn(http.get(doomed.url(&path)).bearer_auth(ADMIN_KEY).send());
     fake.wait_for_calls(1).await;
     doomed.kill9().await;
@@ -219,6 +196,25 @@ async fn a_lease_of_a_killed_replica_is_taken_over_at_once() {
 /// One token request through the balancer: the next replica in turn, and the one after it
 /// when that refuses the connection (as a balancer's health check would). A request cut
 /// after it reached the killed replica counts as cut; any other failure as failed.
+/// Creates connection `n` through `server` and returns its token path.
+async fn token_path_of_new_connection(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    n: u32,
+) -> String {
+    let created: Value = http
+        .post(server.url("/connections"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&connection_body(n))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    format!("/connections/{}/token", created["id"].as_str().unwrap())
+}
+
 async fn round_robin(
     http: &reqwest::Client,
     pool: &Pool,
