@@ -136,7 +136,15 @@ async fn manage_master_keys(config: Config, command: KeysCommand) -> anyhow::Res
         KeysCommand::Rewrap {
             batch_size,
             pause_ms,
-        } => rewrap(&store, &keyring, batch_size, pause_ms).await?,
+            busy_percent,
+        } => {
+            let settings = master_keys::RewrapSettings {
+                batch_size,
+                pause: std::time::Duration::from_millis(pause_ms),
+                busy_percent,
+            };
+            rewrap(&store, &keyring, settings).await?
+        }
     }
     store.close().await;
     Ok(())
@@ -172,8 +180,7 @@ fn print_key_table(report: &[master_keys::KeyStatus]) {
 async fn rewrap(
     store: &Store,
     keyring: &Keyring,
-    batch_size: u32,
-    pause_ms: u64,
+    settings: master_keys::RewrapSettings,
 ) -> anyhow::Result<()> {
     // The first key must be the one this database knows under its id before anything is
     // sealed with it; this also records it for the replicas.
@@ -188,10 +195,6 @@ async fn rewrap(
         );
         bar
     });
-    let settings = master_keys::RewrapSettings {
-        batch_size,
-        pause: std::time::Duration::from_millis(pause_ms),
-    };
     let report = master_keys::rewrap(store, keyring, settings, |progress| match &bar {
         Some(bar) => {
             bar.set_length(progress.total);

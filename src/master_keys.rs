@@ -170,6 +170,18 @@ pub struct RewrapSettings {
     pub batch_size: u32,
     /// A pause after each batch, to spare a busy database.
     pub pause: Duration,
+    /// The most of its time the rewrap spends working (1–100): after each batch it rests
+    /// in proportion to how long the batch took, so it yields to the replicas in step
+    /// with how loaded the machine and the database are.
+    pub busy_percent: u8,
+}
+
+impl RewrapSettings {
+    /// How long to rest after a batch that took `worked`.
+    fn rest_after(&self, worked: Duration) -> Duration {
+        let busy = u32::from(self.busy_percent.clamp(1, 100));
+        worked * (100 - busy) / busy + self.pause
+    }
 }
 
 /// Seals every stored ciphertext that another key made again with the primary key,
@@ -198,6 +210,7 @@ pub async fn rewrap(
         let mut changed_meanwhile = 0;
         let mut after = None;
         loop {
+            let batch_started = std::time::Instant::now();
             let batch = store
                 .connections_not_sealed_with(&primary, after, settings.batch_size)
                 .await?;
@@ -234,8 +247,9 @@ pub async fn rewrap(
                 done: report.rewrapped,
                 total,
             });
-            if !settings.pause.is_zero() {
-                tokio::time::sleep(settings.pause).await;
+            let rest = settings.rest_after(batch_started.elapsed());
+            if !rest.is_zero() {
+                tokio::time::sleep(rest).await;
             }
         }
         if changed_meanwhile == 0 {
@@ -320,4 +334,34 @@ fn reseal_grantless(
         access_token: keyring.seal(&owner, Field::AccessToken, plaintext.expose_secret()),
         ..token.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(busy_percent: u8, pause_ms: u64) -> RewrapSettings {
+        RewrapSettings {
+            batch_size: 500,
+            pause: Duration::from_millis(pause_ms),
+            busy_percent,
+        }
+    }
+
+    #[test]
+    fn a_rewrap_rests_in_proportion_to_the_work_of_its_last_batch() {
+        let worked = Duration::from_millis(120);
+        assert_eq!(settings(50, 0).rest_after(worked), worked);
+        assert_eq!(settings(25, 0).rest_after(worked), worked * 3);
+        assert_eq!(settings(100, 0).rest_after(worked), Duration::ZERO);
+        // The fixed pause comes on top.
+        assert_eq!(
+            settings(50, 30).rest_after(worked),
+            worked + Duration::from_millis(30)
+        );
+        assert_eq!(
+            settings(100, 30).rest_after(worked),
+            Duration::from_millis(30)
+        );
+    }
 }
