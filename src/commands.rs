@@ -242,11 +242,18 @@ async fn expiring(config: &Config, within: &str, json: bool) -> anyhow::Result<(
         ..ConnectionFilter::default()
     };
     let mut found = Vec::new();
+    const PAGE: u32 = 500;
     loop {
-        let page = store.list_connections(&filter, 500).await?;
+        let page = store.list_connections(&filter, PAGE).await?;
         let Some(last) = page.last() else { break };
-        filter.after = Some(last.connection.id);
-        found.extend(page.into_iter().map(|row| row.connection));
+        filter.after = Some(last.id);
+        // A short page was the last: asking past it can be slow (an expiry filter's
+        // final page walks the rest of the table to find nothing).
+        let last_page = page.len() < PAGE as usize;
+        found.extend(page);
+        if last_page {
+            break;
+        }
     }
     store.close().await;
     found.sort_by_key(|c| (c.client_secret_expires_at, c.id));

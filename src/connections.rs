@@ -191,17 +191,14 @@ impl Connections {
         limit: u32,
     ) -> Result<Page, ConnectionError> {
         // One more than asked tells whether another page follows.
-        let mut rows = self.store.list_connections(&filter, limit + 1).await?;
-        let next = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|row| row.connection.id)
+        let mut items = self.store.list_connections(&filter, limit + 1).await?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|connection| connection.id)
         } else {
             None
         };
-        Ok(Page {
-            items: rows.into_iter().map(|row| row.connection).collect(),
-            next,
-        })
+        Ok(Page { items, next })
     }
 
     pub async fn update(
