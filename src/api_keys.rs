@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, Scope};
+use crate::domain::{ApiKey, ApiKeyHash, ApiKeyId, ApiKeyName, ApiKeyToken, PresentedKey, Scope};
 use crate::store::{Store, StoreError};
 
 /// Bounds how long a revoked key keeps working on another replica (the contract says 5 s).
@@ -114,7 +114,7 @@ impl ApiKeys {
     }
 
     /// Who presented `token`. Hashes are compared in constant time (see `ApiKeyHash`).
-    pub async fn verify(&self, token: &ApiKeyToken) -> Result<Arc<ApiKey>, ApiKeyError> {
+    pub async fn verify(&self, token: &PresentedKey<'_>) -> Result<Arc<ApiKey>, ApiKeyError> {
         let hash = token.hash();
         if let Some(key) = self.read().get(&hash) {
             return Ok(key.clone());

@@ -110,18 +110,14 @@ impl ApiKeyToken {
         )))
     }
 
-    /// An operator-chosen key (the bootstrap admin key), or one presented by a caller.
+    /// An operator-chosen key (the bootstrap admin key).
     pub fn parse(input: &str) -> Result<Self, ParseError> {
-        if input.len() < 20 || input.len() > 200 || !input.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ParseError::new(
-                "must be 20 to 200 printable characters without spaces",
-            ));
-        }
+        check_key_text(input.as_bytes())?;
         Ok(Self(SecretString::from(input)))
     }
 
     pub fn hash(&self) -> ApiKeyHash {
-        ApiKeyHash(Sha256::digest(self.0.expose_secret().as_bytes()).into())
+        ApiKeyHash::of(self.0.expose_secret().as_bytes())
     }
 
     /// Enough of the key to recognise it in a list, too little to matter: `crk_` and 4
@@ -147,6 +143,31 @@ impl fmt::Debug for ApiKeyToken {
     }
 }
 
+/// What every key must be: 20 to 200 printable ASCII characters without spaces.
+fn check_key_text(input: &[u8]) -> Result<(), ParseError> {
+    if input.len() < 20 || input.len() > 200 || !input.iter().all(u8::is_ascii_graphic) {
+        return Err(ParseError::new(
+            "must be 20 to 200 printable characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// A key as a caller presents it, checked like any key and hashed where it lies in the
+/// request: never copied, since every request on the token path carries one.
+pub struct PresentedKey<'a>(&'a [u8]);
+
+impl<'a> PresentedKey<'a> {
+    pub fn parse(input: &'a [u8]) -> Result<Self, ParseError> {
+        check_key_text(input)?;
+        Ok(Self(input))
+    }
+
+    pub fn hash(&self) -> ApiKeyHash {
+        ApiKeyHash::of(self.0)
+    }
+}
+
 /// SHA-256 of a key: what the database stores and the API-key service caches.
 #[derive(Clone, Copy, Eq)]
 pub struct ApiKeyHash(pub [u8; 32]);
@@ -166,6 +187,10 @@ impl PartialEq for ApiKeyHash {
 }
 
 impl ApiKeyHash {
+    fn of(key: &[u8]) -> Self {
+        Self(Sha256::digest(key).into())
+    }
+
     pub fn to_base64(self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }
@@ -197,6 +222,27 @@ mod tests {
         let hash = a.hash();
         assert!(ApiKeyHash::from_base64(&hash.to_base64()) == Some(hash));
         assert_eq!(format!("{a:?}"), "ApiKeyToken([redacted])");
+    }
+
+    #[test]
+    fn a_presented_key_is_checked_and_hashed_as_a_stored_one_is() {
+        let key = ApiKeyToken::generate();
+        let presented = PresentedKey::parse(key.expose().as_bytes()).unwrap();
+        assert!(presented.hash() == key.hash());
+        let long = "k".repeat(200);
+        assert!(PresentedKey::parse(long.as_bytes()).is_ok());
+        assert!(PresentedKey::parse(&long.as_bytes()[..20]).is_ok());
+        for refused in [
+            &long.as_bytes()[..19],
+            format!("{long}k").as_bytes(),
+            b"crk_with a space 000000",
+            b"crk_\xff_not_ascii_000000",
+            b"crk_\t_a_tab_0000000000",
+        ] {
+            assert!(PresentedKey::parse(refused).is_err(), "{refused:?}");
+            let text = String::from_utf8_lossy(refused);
+            assert!(ApiKeyToken::parse(&text).is_err(), "{text:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@ pub use amazon_ids::{
     ApplicationId, ClientId, ClientSecret, ClientSecrets, MAX_TOKEN_LEN, MerchantToken,
     RefreshToken,
 };
-pub use api_key::{API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyName, ApiKeyToken, Scope};
+pub use api_key::{
+    API_KEY_PREFIX, ApiKey, ApiKeyHash, ApiKeyName, ApiKeyToken, PresentedKey, Scope,
+};
 pub use connection::{
     CLIENT_SECRET_GRACE, Connection, ConnectionName, ConnectionPatch, ConnectionStatus, LastError,
     NewConnection, SecretExpiry, parse_period,
@@ -31,7 +33,7 @@ pub use region::{AccountType, Environment, Region};
 pub use restricted::{
     DataElement, HttpMethod, MAX_RESOURCES, ResourcePath, RestrictedDataRequest, RestrictedResource,
 };
-pub use token::{AccessToken, GrantlessScope};
+pub use token::{AccessToken, GrantlessScope, is_json_plain};
 
 /// The current time at the precision both databases store (microseconds), so what a
 /// write returns equals what a later read returns.

@@ -12,14 +12,19 @@ pub struct AccessToken {
     pub expires_at: DateTime<Utc>,
     /// When LWA issued it; a forced refresh keeps a token this young.
     pub fetched_at: DateTime<Utc>,
+    /// Whether the token goes into a JSON string as it is; found out once here, so that
+    /// the token endpoint, which writes it into every answer, need not scan it each time.
+    json_plain: bool,
 }
 
 impl AccessToken {
     pub fn new(secret: SecretString, fetched_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> Self {
+        let json_plain = is_json_plain(secret.expose_secret());
         Self {
             secret,
             expires_at,
             fetched_at,
+            json_plain,
         }
     }
 
@@ -27,10 +32,26 @@ impl AccessToken {
         self.secret.expose_secret()
     }
 
+    /// See `is_json_plain`. Amazon's tokens always are; a token that is not is still
+    /// handed out, escaped.
+    pub fn is_json_plain(&self) -> bool {
+        self.json_plain
+    }
+
     /// Seconds of life left at `now` (negative once expired).
     pub fn remaining_secs(&self, now: DateTime<Utc>) -> i64 {
         (self.expires_at - now).num_seconds()
     }
+}
+
+/// Whether `text` needs no escaping inside a JSON string: no control characters, `"` or
+/// `\` (what serde_json escapes).
+pub fn is_json_plain(text: &str) -> bool {
+    // A branch-free fold rather than `any`, so the compiler checks 16 or 32 bytes at a
+    // time.
+    text.as_bytes().iter().fold(0u8, |found, &b| {
+        found | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
+    }) == 0
 }
 
 impl fmt::Debug for AccessToken {
@@ -82,6 +103,18 @@ impl GrantlessScope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::now;
+
+    #[test]
+    fn a_token_knows_whether_it_goes_into_json_as_it_is() {
+        let token = |text: &str| AccessToken::new(text.to_owned().into(), now(), now());
+        let amazons = format!("Atza|{}", "IwEBIx9-_+/=".repeat(40));
+        assert!(token(&amazons).is_json_plain());
+        assert!(token("Atza|ünïcode").is_json_plain());
+        for odd in ["Atza|\"", "Atza|\\", "Atza|\n", "Atza|\u{1f}"] {
+            assert!(!token(odd).is_json_plain(), "{odd:?}");
+        }
+    }
 
     #[test]
     fn grantless_scopes_are_amazons_names() {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::fields::Fields;
 use crate::app::AppState;
-use crate::domain::{ApiKey, ApiKeyToken, ResourceId, Scope};
+use crate::domain::{ApiKey, PresentedKey, ResourceId, Scope};
 
 /// Largest request body accepted; a connection's form is a few kilobytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -154,13 +154,18 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Caller<S> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // `Bearer <key>`, as bytes: the key is checked to be printable ASCII as it is
+        // parsed, so the header need not be checked as text first.
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| ApiKeyToken::parse(token.trim()).ok())
+            .and_then(|value| {
+                let value = value.as_bytes();
+                let space = value.iter().position(|&b| b == b' ')?;
+                let (scheme, token) = (&value[..space], &value[space + 1..]);
+                scheme.eq_ignore_ascii_case(b"bearer").then_some(token)
+            })
+            .and_then(|token| PresentedKey::parse(token.trim_ascii()).ok())
             .ok_or(ApiError::Unauthorized)?;
         let key = state.api_keys.verify(&presented).await?;
         crate::events::set_caller(key.id);

@@ -93,22 +93,26 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
-    // The connection a request is about, as its own field for log queries.
-    let connection_id = route
-        .starts_with("/connections/{id}")
-        .then(|| request.uri().path().split('/').nth(2))
-        .flatten()
-        .unwrap_or("");
+    // The fields are only worked out when the span is recorded (not at all below INFO).
     tracing::info_span!(
         "request",
         method = %request.method(),
         route,
         path = %request.uri().path(),
         request_id,
-        connection_id,
+        connection_id = connection_id(route, request.uri().path()),
         // Filled in once the API key is checked.
         api_key_id = tracing::field::Empty,
     )
+}
+
+/// The connection a request is about, as its own field for log queries.
+fn connection_id<'a>(route: &str, path: &'a str) -> &'a str {
+    route
+        .starts_with("/connections/{id}")
+        .then(|| path.split('/').nth(2))
+        .flatten()
+        .unwrap_or("")
 }
 
 /// Answers `request_timeout` (503, problem+json) when a request outlives `limit`.

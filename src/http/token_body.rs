@@ -9,11 +9,16 @@ use chrono::{DateTime, Datelike, Timelike, Utc};
 #[cfg(test)]
 use serde::Serialize;
 
-use crate::domain::{Environment, MerchantToken, Region};
+use crate::domain::{Environment, MerchantToken, Region, is_json_plain};
 
 #[cfg_attr(test, derive(Serialize))]
 pub(super) struct TokenBody<'a> {
     pub access_token: &'a str,
+    /// `AccessToken::is_json_plain`: copied as it is, not scanned again.
+    #[cfg_attr(test, serde(skip))]
+    pub access_token_is_plain: bool,
+    /// This and the other `&'static str`s and enums are this service's own names, plain
+    /// by construction: written without a scan.
     pub token_type: &'static str,
     pub expires_at: DateTime<Utc>,
     pub expires_in: i64,
@@ -37,9 +42,13 @@ impl TokenBody<'_> {
                     .sum::<usize>(),
         );
         out.extend_from_slice(b"{\"access_token\":");
-        string(&mut out, self.access_token);
+        if self.access_token_is_plain {
+            plain_string(&mut out, self.access_token);
+        } else {
+            string(&mut out, self.access_token);
+        }
         out.extend_from_slice(b",\"token_type\":");
-        string(&mut out, self.token_type);
+        plain_string(&mut out, self.token_type);
         out.extend_from_slice(b",\"expires_at\":\"");
         rfc3339(&mut out, self.expires_at);
         out.extend_from_slice(b"\",\"expires_in\":");
@@ -47,11 +56,11 @@ impl TokenBody<'_> {
         out.extend_from_slice(b",\"sp_api_endpoint\":");
         string(&mut out, self.sp_api_endpoint);
         out.extend_from_slice(b",\"aws_region\":");
-        string(&mut out, self.aws_region);
+        plain_string(&mut out, self.aws_region);
         out.extend_from_slice(b",\"region\":");
-        string(&mut out, self.region.as_str());
+        plain_string(&mut out, self.region.as_str());
         out.extend_from_slice(b",\"environment\":");
-        string(&mut out, self.environment.as_str());
+        plain_string(&mut out, self.environment.as_str());
         out.extend_from_slice(b",\"merchant_token\":");
         string(&mut out, self.merchant_token.as_str());
         out.extend_from_slice(b",\"marketplace_ids\":[");
@@ -69,43 +78,46 @@ impl TokenBody<'_> {
 /// A JSON string: copied as it is when nothing in it needs escaping (what serde_json
 /// escapes: control characters, `"` and `\`), else escaped by serde_json.
 fn string(out: &mut Vec<u8>, text: &str) {
-    // A branch-free fold over bytes rather than `any`, so the compiler checks 16 or 32
-    // bytes at a time (the token alone is 400).
-    let needs_escaping = text.as_bytes().iter().fold(0u8, |found, &b| {
-        found | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
-    }) != 0;
-    if needs_escaping {
-        serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+    if is_json_plain(text) {
+        plain_string(out, text);
     } else {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
+        serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
     }
+}
+
+/// A JSON string of `text`, known to need no escaping.
+fn plain_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
 }
 
 /// What chrono's `Serialize` writes for a `DateTime<Utc>`: RFC 3339 with `Z` and as many
 /// fractional digits as needed (none, 3, 6 or 9). Years outside 0–9999 and leap seconds,
 /// which no token expiry has, are left to chrono.
 fn rfc3339(out: &mut Vec<u8>, at: DateTime<Utc>) {
-    let nanos = at.nanosecond();
-    if !(0..=9999).contains(&at.year()) || nanos >= 1_000_000_000 {
+    // A `DateTime<Utc>`'s accessors each apply the (zero) offset first; the naive time's
+    // read the fields.
+    let naive = at.naive_utc();
+    let nanos = naive.nanosecond();
+    if !(0..=9999).contains(&naive.year()) || nanos >= 1_000_000_000 {
         let text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
         out.extend_from_slice(text.as_bytes());
         return;
     }
-    let year = at.year() as u32;
+    let year = naive.year() as u32;
     digits(out, year / 100);
     digits(out, year % 100);
     out.push(b'-');
-    digits(out, at.month());
+    digits(out, naive.month());
     out.push(b'-');
-    digits(out, at.day());
+    digits(out, naive.day());
     out.push(b'T');
-    digits(out, at.hour());
+    digits(out, naive.hour());
     out.push(b':');
-    digits(out, at.minute());
+    digits(out, naive.minute());
     out.push(b':');
-    digits(out, at.second());
+    digits(out, naive.second());
     let (fraction, places) = match nanos {
         0 => (0, 0),
         n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
@@ -136,6 +148,7 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::domain::AccessToken;
 
     fn body<'a>(
         token: &'a str,
@@ -146,6 +159,9 @@ mod tests {
     ) -> TokenBody<'a> {
         TokenBody {
             access_token: token,
+            // As the endpoint has it: from the token as it was received.
+            access_token_is_plain: AccessToken::new(token.to_owned().into(), at, at)
+                .is_json_plain(),
             token_type: "bearer",
             expires_at: at,
             expires_in: (at - Utc::now()).num_seconds(),
@@ -155,6 +171,29 @@ mod tests {
             environment: Environment::Sandbox,
             merchant_token: merchant,
             marketplace_ids: ids,
+        }
+    }
+
+    #[test]
+    fn every_region_and_environment_is_written_as_serde_json_writes_it() {
+        let hosts = crate::amazon::endpoints::SpApiHosts::default();
+        let merchant = MerchantToken::parse("A1EXAMPLESELLER").unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        for region in [Region::Na, Region::Eu, Region::Fe] {
+            for environment in [Environment::Production, Environment::Sandbox] {
+                let endpoint = hosts.endpoint(region, environment);
+                let body = TokenBody {
+                    aws_region: endpoint.aws_region,
+                    region,
+                    environment,
+                    ..body("Atza|x", at, &merchant, &[], &endpoint.sp_api_endpoint)
+                };
+                let expected = serde_json::to_vec(&body).unwrap();
+                assert_eq!(
+                    String::from_utf8(body.to_json()).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
         }
     }
 

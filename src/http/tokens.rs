@@ -3,7 +3,7 @@
 //! hands out the application's grantless token instead.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -65,6 +65,7 @@ async fn token(
     state.handouts.record(caller.key.id, id, now);
     let body = TokenBody {
         access_token: grant.token.expose(),
+        access_token_is_plain: grant.token.is_json_plain(),
         token_type: "bearer",
         expires_at: grant.token.expires_at,
         expires_in: grant.token.remaining_secs(now).max(0),
@@ -86,6 +87,9 @@ pub(super) fn credential(body: impl Serialize, served: Served) -> Response {
     credential_json(json, served)
 }
 
+/// A constant, so the hot path does not parse the name on every response.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 fn credential_json(json: Vec<u8>, served: Served) -> Response {
     let mut response = (
         [(
@@ -98,7 +102,7 @@ fn credential_json(json: Vec<u8>, served: Served) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
-        "cache-status",
+        CACHE_STATUS,
         HeaderValue::from_static(match served {
             Served::Memory => "connection-registry; hit",
             Served::Fetched => "connection-registry; fwd=miss",
