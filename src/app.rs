@@ -169,6 +169,9 @@ impl Application {
             tokio::spawn(crate::metrics::gauges_periodically(
                 self.state.store.clone(),
             )),
+            tokio::spawn(crate::metrics::upkeep_periodically(
+                self.state.metrics.clone(),
+            )),
         ];
         let store = self.state.store.clone();
         let handouts = self.state.handouts.clone();
