@@ -5,6 +5,10 @@ use connection_registry::cli::{Cli, Command};
 use connection_registry::commands;
 use connection_registry::telemetry::{self, LogTo};
 
+/// See Cargo.toml: less lock contention across worker threads, less fragmentation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
