@@ -164,8 +164,9 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
         /// At most this share of the time working, 1–100: after a batch that took t, the
-        /// rewrap waits t × (100 − P) / P. The default (50) leaves replicas sharing its
-        /// machine or database at least half of what it would take; 100 runs flat out.
+        /// rewrap waits t × (100 − P) / P, plus --pause-ms. The default (50) leaves
+        /// replicas sharing its machine or database at least half of what it would take;
+        /// 100 runs flat out.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
         busy_percent: u8,
     },

@@ -5,7 +5,7 @@ use connection_registry::cli::{Cli, Command};
 use connection_registry::commands;
 use connection_registry::telemetry::{self, LogTo};
 
-/// See Cargo.toml: less lock contention across worker threads, less fragmentation.
+/// See Cargo.toml: less lock contention across worker threads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
