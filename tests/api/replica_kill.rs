@@ -193,9 +193,6 @@ async fn a_lease_of_a_killed_replica_is_taken_over_at_once() {
     assert_eq!(fake.calls(), 2);
 }
 
-/// One token request through the balancer: the next replica in turn, and the one after it
-/// when that refuses the connection (as a balancer's health check would). A request cut
-/// after it reached the killed replica counts as cut; any other failure as failed.
 /// Creates connection `n` through `server` and returns its token path.
 async fn token_path_of_new_connection(
     http: &reqwest::Client,
@@ -215,6 +212,9 @@ async fn token_path_of_new_connection(
     format!("/connections/{}/token", created["id"].as_str().unwrap())
 }
 
+/// One token request through the balancer: the next replica in turn, and the one after it
+/// when that refuses the connection (as a balancer's health check would). A request cut
+/// after it reached the killed replica counts as cut; any other failure as failed.
 async fn round_robin(
     http: &reqwest::Client,
     pool: &Pool,
