@@ -132,8 +132,8 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
     tokio::time::sleep(hold).await;
 
     // Unreachable: every link cut, new ones refused.
-    set_phase("unreachable");
     proxy.cut();
+    set_phase("unreachable");
     tokio::time::sleep(hold).await;
     set_phase("settling");
     proxy.restore();
@@ -179,11 +179,14 @@ async fn database_faults_under_load_cost_no_cached_token_and_no_partial_write() 
     until_ready(&app).await;
 
     // Crashed and restarted.
-    set_phase("crashed");
+    // The phase names the outage only once pg_ctl has returned, and stops before the
+    // server is started again: pg_ctl itself takes a while on a loaded machine, and
+    // probes answered meanwhile are neither outage nor recovery.
     pg.crash().await;
+    set_phase("crashed");
     tokio::time::sleep(hold).await;
-    pg.start_again().await;
     set_phase("settling");
+    pg.start_again().await;
     until_ready(&app).await;
     tokio::time::sleep(hold).await;
 

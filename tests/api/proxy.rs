@@ -43,6 +43,9 @@ impl TcpProxy {
             let links = links.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    // Checked under the lock `cut` takes, so that a connection accepted
+                    // while it runs is either dropped or in the list it empties.
+                    let mut links = links.lock().unwrap();
                     if !up.load(Ordering::SeqCst) {
                         continue; // dropped: the connection is refused at once
                     }
@@ -54,7 +57,7 @@ impl TcpProxy {
                         delay_ms.clone(),
                         stalled.clone(),
                     ));
-                    links.lock().unwrap().push(Link { task, stalled });
+                    links.push(Link { task, stalled });
                 }
             }
         });
@@ -70,8 +73,9 @@ impl TcpProxy {
 
     /// Closes every open connection and refuses new ones.
     pub fn cut(&self) {
+        let mut links = self.links.lock().unwrap();
         self.up.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
+        for link in links.drain(..) {
             link.task.abort();
         }
     }
