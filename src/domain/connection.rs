@@ -3,6 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::timestamp;
 use super::{
     AccountType, ApplicationId, ClientId, ClientSecret, ConnectionId, Environment, MerchantToken,
     ParseError, RefreshToken, Region,
@@ -134,6 +135,7 @@ impl SecretExpiry {
 pub struct LastError {
     pub code: String,
     pub message: String,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub at: DateTime<Utc>,
 }
 
@@ -147,17 +149,23 @@ pub struct Connection {
     pub environment: Environment,
     pub client_id: ClientId,
     pub client_secret_hint: String,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub client_secret_expires_at: DateTime<Utc>,
     pub client_secret_expires_at_estimated: bool,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub client_secret_updated_at: DateTime<Utc>,
     pub merchant_token: MerchantToken,
     pub application_id: Option<ApplicationId>,
     pub marketplace_ids: Vec<String>,
     pub status: ConnectionStatus,
     pub last_error: Option<LastError>,
+    #[serde(serialize_with = "timestamp::serialize_option")]
     pub authorized_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "timestamp::serialize_option")]
     pub last_tested_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

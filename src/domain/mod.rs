@@ -10,6 +10,7 @@ mod notification;
 mod oauth;
 mod region;
 mod restricted;
+pub mod timestamp;
 mod token;
 
 pub use amazon_ids::{

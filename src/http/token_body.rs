@@ -1,14 +1,16 @@
 //! The body of `GET /connections/{id}/token`, written straight into a buffer of the right
 //! size. This is the hot path: serde_json scans every byte of the 400-character token
-//! for characters to escape, and chrono formats the expiry through `fmt` machinery;
-//! together that was over a tenth of the whole request's cost (callgrind). The output is
+//! for characters to escape, and chrono formats the expiry through `fmt` machinery
+//! (`crate::domain::timestamp` does without); together that was over a tenth of the
+//! whole request's cost (callgrind). The output is
 //! byte for byte what serde_json makes of `TokenBody` (a unit test holds it to that), and
 //! any string that would need escaping goes through serde_json after all.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Utc};
 #[cfg(test)]
 use serde::Serialize;
 
+use crate::domain::timestamp::Rfc3339;
 use crate::domain::{Environment, MerchantToken, Region, is_json_plain};
 
 #[cfg_attr(test, derive(Serialize))]
@@ -92,55 +94,15 @@ fn plain_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// What chrono's `Serialize` writes for a `DateTime<Utc>`: RFC 3339 with `Z` and as many
-/// fractional digits as needed (none, 3, 6 or 9). Years outside 0–9999 and leap seconds,
-/// which no token expiry has, are left to chrono.
+/// The expiry as chrono's `Serialize` writes it (`crate::domain::timestamp`).
 fn rfc3339(out: &mut Vec<u8>, at: DateTime<Utc>) {
-    // A `DateTime<Utc>`'s accessors each apply the (zero) offset first; the naive time's
-    // read the fields.
-    let naive = at.naive_utc();
-    let nanos = naive.nanosecond();
-    if !(0..=9999).contains(&naive.year()) || nanos >= 1_000_000_000 {
-        let text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-        out.extend_from_slice(text.as_bytes());
-        return;
-    }
-    let year = naive.year() as u32;
-    digits(out, year / 100);
-    digits(out, year % 100);
-    out.push(b'-');
-    digits(out, naive.month());
-    out.push(b'-');
-    digits(out, naive.day());
-    out.push(b'T');
-    digits(out, naive.hour());
-    out.push(b':');
-    digits(out, naive.minute());
-    out.push(b':');
-    digits(out, naive.second());
-    let (fraction, places) = match nanos {
-        0 => (0, 0),
-        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
-        n if n % 1_000 == 0 => (n / 1_000, 6),
-        n => (n, 9),
-    };
-    if places > 0 {
-        out.push(b'.');
-        let mut buffer = [b'0'; 9];
-        let mut rest = fraction;
-        for place in (0..places).rev() {
-            buffer[place] = b'0' + (rest % 10) as u8;
-            rest /= 10;
+    match Rfc3339::new(at) {
+        Some(text) => out.extend_from_slice(text.as_str().as_bytes()),
+        None => {
+            let text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            out.extend_from_slice(text.as_bytes());
         }
-        out.extend_from_slice(&buffer[..places]);
     }
-    out.push(b'Z');
-}
-
-/// Two digits, zero-padded.
-fn digits(out: &mut Vec<u8>, value: u32) {
-    out.push(b'0' + (value / 10) as u8);
-    out.push(b'0' + (value % 10) as u8);
 }
 
 #[cfg(test)]
