@@ -12,7 +12,9 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 
-# The crate itself. It embeds migrations/ (sqlx::migrate!) and openapi.yaml (include_str!).
+# The crate itself. It embeds migrations/ (sqlx::migrate!, build.rs tells cargo so) and
+# openapi.yaml (include_str!).
+COPY build.rs ./
 COPY migrations ./migrations
 COPY openapi.yaml ./
 COPY src ./src
