@@ -94,8 +94,16 @@ pub fn serialize_option<S: Serializer>(
     at: &Option<DateTime<Utc>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
+    /// Borrows the instant so `serialize_some` writes it through `serialize`.
+    struct Instant<'a>(&'a DateTime<Utc>);
+    impl Serialize for Instant<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serialize(self.0, serializer)
+        }
+    }
+    // As serde's `Option` does, so formats that mark a present value see one.
     match at {
-        Some(at) => serialize(at, serializer),
+        Some(at) => serializer.serialize_some(&Instant(at)),
         None => serializer.serialize_none(),
     }
 }
@@ -138,6 +146,12 @@ mod tests {
             Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
             Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
             crate::domain::now(),
+            // A leap second: left to chrono.
+            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+                .unwrap()
+                .and_utc(),
         ];
         for at in instants {
             for maybe in [None, Some(at)] {
