@@ -108,10 +108,39 @@ pub fn serialize_option<S: Serializer>(
     }
 }
 
+/// Instants that exercise every branch of `Rfc3339::new` and chrono's fallback: each
+/// fraction width, the first and last years written here, years and a leap second left
+/// to chrono. Shared with the token body's test.
+#[cfg(test)]
+pub(crate) fn sample_instants() -> Vec<DateTime<Utc>> {
+    use chrono::TimeZone;
+    let base = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+    vec![
+        base,
+        base + chrono::TimeDelta::milliseconds(7),
+        base + chrono::TimeDelta::microseconds(123_450),
+        base + chrono::TimeDelta::microseconds(999_999),
+        base + chrono::TimeDelta::nanoseconds(1),
+        base + chrono::TimeDelta::nanoseconds(999_999_999),
+        Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(1, 12, 31, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()
+            + chrono::TimeDelta::nanoseconds(999_999_999),
+        Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
+        crate::domain::now(),
+        // A leap second: left to chrono.
+        chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
-
     use super::*;
 
     #[derive(Serialize)]
@@ -130,30 +159,7 @@ mod tests {
 
     #[test]
     fn every_instant_is_written_as_chrono_writes_it() {
-        let base = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let instants = [
-            base,
-            base + chrono::TimeDelta::milliseconds(7),
-            base + chrono::TimeDelta::microseconds(123_450),
-            base + chrono::TimeDelta::microseconds(999_999),
-            base + chrono::TimeDelta::nanoseconds(1),
-            base + chrono::TimeDelta::nanoseconds(999_999_999),
-            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(1, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()
-                + chrono::TimeDelta::nanoseconds(999_999_999),
-            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
-            crate::domain::now(),
-            // A leap second: left to chrono.
-            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
-                .unwrap()
-                .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
-                .unwrap()
-                .and_utc(),
-        ];
-        for at in instants {
+        for at in sample_instants() {
             for maybe in [None, Some(at)] {
                 assert_eq!(
                     serde_json::to_string(&Ours { at, maybe }).unwrap(),

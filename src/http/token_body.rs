@@ -169,18 +169,7 @@ mod tests {
             "Atza|ünïcode".to_owned(),
             String::new(),
         ];
-        let base = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
-        let instants = [
-            base,
-            base + chrono::TimeDelta::milliseconds(7),
-            base + chrono::TimeDelta::microseconds(123_450),
-            base + chrono::TimeDelta::nanoseconds(1),
-            base + chrono::TimeDelta::nanoseconds(999_999_999),
-            Utc.with_ymd_and_hms(1, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
-        ];
+        let instants = crate::domain::timestamp::sample_instants();
         for token in &tokens {
             for (n, at) in instants.iter().enumerate() {
                 for ids in [&ids[..], &ids[..1], &[][..]] {
