@@ -177,18 +177,12 @@ impl Store {
 }
 
 /// A list never reads the secrets: each page would carry about 1.5 KB of ciphertext per
-/// row from the database only to drop it. Empty placeholders keep the row's shape: the
-/// columns of `connection_columns!`, in its order, with the secrets replaced.
-const LIST_CONNECTIONS: &str = "SELECT id, name, account_type, region, environment, \
-    client_id, CAST('' AS TEXT) AS client_secret, client_secret_hint, \
-    client_secret_expires_at, client_secret_expires_at_estimated, client_secret_updated_at, \
-    CAST('' AS TEXT) AS refresh_token, \
-    merchant_token, application_id, marketplace_ids, status, last_error_code, \
-    last_error_message, last_error_at, authorized_at, last_tested_at, \
-    CAST(NULL AS TEXT) AS access_token, CAST(NULL AS TIMESTAMPTZ) AS access_token_fetched_at, \
-    CAST(NULL AS TIMESTAMPTZ) AS access_token_expires_at, version, created_at, updated_at, \
-    CAST(NULL AS TEXT) AS previous_client_secret, \
-    CAST(NULL AS TIMESTAMPTZ) AS previous_client_secret_until FROM connections";
+/// row from the database only to drop it.
+const LIST_CONNECTIONS: &str = concat!(
+    "SELECT ",
+    connection_columns!(without_secrets),
+    " FROM connections"
+);
 
 /// Appends to `LIST_CONNECTIONS` a condition for each filter present (and only those, so
 /// that the planner sees which index fits: see migrations/*/…_list_indexes.sql and

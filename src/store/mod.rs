@@ -156,15 +156,40 @@ fn classify_timeout(err: sqlx::Error, saturated: bool) -> StoreError {
 }
 
 /// The connection columns in `bind_connection` order (a macro, so `concat!` can use it).
+/// `connection_columns!(without_secrets)` has the same shape with empty placeholders
+/// where the secrets are, for reads that never open them (the list).
 macro_rules! connection_columns {
     () => {
-        "id, name, account_type, region, environment, client_id, \
-    client_secret, client_secret_hint, client_secret_expires_at, \
-    client_secret_expires_at_estimated, client_secret_updated_at, refresh_token, \
-    merchant_token, application_id, marketplace_ids, status, last_error_code, \
-    last_error_message, last_error_at, authorized_at, last_tested_at, access_token, \
-    access_token_fetched_at, access_token_expires_at, version, created_at, updated_at, \
-    previous_client_secret, previous_client_secret_until"
+        connection_columns!(@with
+            "client_secret",
+            "refresh_token",
+            "access_token, access_token_fetched_at, access_token_expires_at",
+            "previous_client_secret, previous_client_secret_until")
+    };
+    (without_secrets) => {
+        connection_columns!(@with
+            "CAST('' AS TEXT) AS client_secret",
+            "CAST('' AS TEXT) AS refresh_token",
+            "CAST(NULL AS TEXT) AS access_token, \
+             CAST(NULL AS TIMESTAMPTZ) AS access_token_fetched_at, \
+             CAST(NULL AS TIMESTAMPTZ) AS access_token_expires_at",
+            "CAST(NULL AS TEXT) AS previous_client_secret, \
+             CAST(NULL AS TIMESTAMPTZ) AS previous_client_secret_until")
+    };
+    (@with $client_secret:literal, $refresh_token:literal, $access_token:literal,
+     $previous_client_secret:literal) => {
+        concat!(
+            "id, name, account_type, region, environment, client_id, ",
+            $client_secret,
+            ", client_secret_hint, client_secret_expires_at, \
+             client_secret_expires_at_estimated, client_secret_updated_at, ",
+            $refresh_token,
+            ", merchant_token, application_id, marketplace_ids, status, last_error_code, \
+             last_error_message, last_error_at, authorized_at, last_tested_at, ",
+            $access_token,
+            ", version, created_at, updated_at, ",
+            $previous_client_secret
+        )
     };
 }
 
