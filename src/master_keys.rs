@@ -138,15 +138,19 @@ pub async fn status(store: &Store, keyring: &Keyring) -> Result<Vec<KeyStatus>, 
             key_ids.push(check.key_id);
         }
     }
-    let mut report = Vec::new();
-    for key_id in key_ids {
-        report.push(KeyStatus {
+    // One snapshot: during a rewrap, each ciphertext is counted under one key.
+    let ids: Vec<&str> = key_ids.iter().map(String::as_str).collect();
+    let counts = store.count_sealed_by_key(&ids).await?;
+    let report = key_ids
+        .iter()
+        .zip(counts)
+        .map(|(key_id, ciphertexts)| KeyStatus {
             configured: keyring.key_ids().any(|id| id == key_id),
             primary: keyring.primary_id() == key_id,
-            ciphertexts: store.count_sealed_with(&key_id).await?,
-            key_id,
-        });
-    }
+            ciphertexts,
+            key_id: key_id.clone(),
+        })
+        .collect();
     Ok(report)
 }
 

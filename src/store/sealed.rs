@@ -5,13 +5,14 @@
 //! `substr` to mean the same on both backends (`LIKE` would read `_` in a key id as a
 //! wildcard).
 
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
 use crate::crypto::Sealed;
 use crate::domain::ConnectionId;
 
-/// The sealed columns: (table, column).
+/// The sealed columns: (table, column), each table's together.
 const SEALED_COLUMNS: [(&str, &str); 5] = [
     ("connections", "client_secret"),
     ("connections", "previous_client_secret"),
@@ -47,23 +48,76 @@ pub struct SealedGrantless {
     pub access_token: Sealed,
 }
 
+/// One row of per-key counts over every sealed column: key `i` is bound as its prefix
+/// `$2i+1` and that prefix's length `$2i+2`. Each table is read once, whatever the number
+/// of keys.
+fn count_by_key_sql(keys: usize) -> String {
+    let mut tables: Vec<&str> = SEALED_COLUMNS.iter().map(|(table, _)| *table).collect();
+    tables.dedup();
+    let per_table: Vec<String> = tables
+        .iter()
+        .map(|table| {
+            let columns: Vec<String> = (0..keys)
+                .map(|key| {
+                    let matches: Vec<String> = SEALED_COLUMNS
+                        .iter()
+                        .filter(|(t, _)| t == table)
+                        .map(|(_, column)| {
+                            format!(
+                                "CASE WHEN substr({column}, 1, ${}) = ${} THEN 1 ELSE 0 END",
+                                2 * key + 2,
+                                2 * key + 1
+                            )
+                        })
+                        .collect();
+                    format!("{} AS k{key}", matches.join(" + "))
+                })
+                .collect();
+            format!("SELECT {} FROM {table}", columns.join(", "))
+        })
+        .collect();
+    let sums: Vec<String> = (0..keys)
+        .map(|key| format!("CAST(COALESCE(SUM(k{key}), 0) AS BIGINT)"))
+        .collect();
+    format!(
+        "SELECT {} FROM ({}) AS sealed",
+        sums.join(", "),
+        per_table.join(" UNION ALL ")
+    )
+}
+
 type ConnectionCiphertexts = (Uuid, i64, String, String, Option<String>, Option<String>);
 
 impl Store {
     /// How many stored ciphertexts `key_id` made, over every sealed column.
     pub async fn count_sealed_with(&self, key_id: &str) -> Result<u64, StoreError> {
-        let (prefix, len) = prefix(key_id);
-        let mut total = 0;
-        for (table, column) in SEALED_COLUMNS {
-            let sql = format!("SELECT COUNT(*) FROM {table} WHERE substr({column}, 1, $2) = $1");
-            let (count,): (i64,) = on_pool!(self, pool => sqlx::query_as(&sql)
-                .bind(&prefix)
-                .bind(len)
-                .fetch_one(pool)
-                .await)?;
-            total += u64::try_from(count).unwrap_or(0);
+        let counts = self.count_sealed_by_key(&[key_id]).await?;
+        Ok(counts[0])
+    }
+
+    /// How many stored ciphertexts each of `key_ids` made, in their order, counted in one
+    /// statement: one snapshot, so while a rewrap commits, a ciphertext it moves is counted
+    /// under exactly one key (counts taken one key at a time can count it under both).
+    pub async fn count_sealed_by_key(&self, key_ids: &[&str]) -> Result<Vec<u64>, StoreError> {
+        if key_ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(total)
+        let sql = count_by_key_sql(key_ids.len());
+        let counts: Vec<i64> = on_pool!(self, pool => {
+            let mut query = sqlx::query(&sql);
+            for key_id in key_ids {
+                let (prefix, len) = prefix(key_id);
+                query = query.bind(prefix).bind(len);
+            }
+            let row = query.fetch_one(pool).await?;
+            (0..key_ids.len())
+                .map(|i| row.try_get::<i64, _>(i))
+                .collect::<Result<_, _>>()?
+        });
+        Ok(counts
+            .into_iter()
+            .map(|count| u64::try_from(count).unwrap_or(0))
+            .collect())
     }
 
     /// How many ciphertexts are stored in all.

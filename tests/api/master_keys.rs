@@ -11,6 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+use connection_registry::store::Store;
+
 use crate::both_backends;
 use crate::fake_amazon::FakeLwa;
 use crate::helpers::{
@@ -23,6 +25,7 @@ use crate::tokens::{authorize, token, token_ok};
 both_backends!(
     a_rotation_rewraps_everything_while_tokens_are_served,
     a_rewrap_killed_half_way_resumes_where_it_stopped,
+    counts_by_key_take_each_ciphertext_once_while_a_rewrap_commits,
     a_rewrap_killed_again_and_again_loses_no_secret,
     a_replica_without_a_key_fails_only_what_that_key_sealed,
 );
@@ -72,6 +75,12 @@ fn slow_rewrap(db: &TestDb, keys: &str, batch: u32, pause_ms: u64) -> tokio::pro
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// Ciphertexts under `k1` and `k2`, counted in one snapshot.
+async fn sealed_by_key(store: &Store) -> [u64; 2] {
+    let counts = store.count_sealed_by_key(&["k1", "k2"]).await.unwrap();
+    [counts[0], counts[1]]
 }
 
 async fn server(db: &Arc<TestDb>, fake: &FakeLwa, keys: &str) -> anyhow::Result<TestApp> {
@@ -267,10 +276,8 @@ async fn a_rewrap_killed_half_way_resumes_where_it_stopped(backend: Backend) {
 
     // Two rows per batch, a pause after each: about three seconds in all.
     let mut rewrap = slow_rewrap(&db, &both, 2, 100);
-    let mut done = 0;
     for _ in 0..200 {
-        done = store.count_sealed_with("k2").await.unwrap();
-        if done >= 10 {
+        if store.count_sealed_with("k2").await.unwrap() >= 10 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -278,12 +285,13 @@ async fn a_rewrap_killed_half_way_resumes_where_it_stopped(backend: Backend) {
     rewrap.start_kill().unwrap(); // SIGKILL
     let status = rewrap.wait().await.unwrap();
     assert!(!status.success(), "killed, not finished: {status}");
-    let done = store.count_sealed_with("k2").await.unwrap().max(done);
+    // One snapshot: the killed process's last batch may commit while these are counted.
+    let [k1, done] = sealed_by_key(&store).await;
     assert!(
         (10..60).contains(&done),
         "killed half-way: {done} of 60 rewrapped"
     );
-    assert_eq!(store.count_sealed_with("k1").await.unwrap(), 60 - done);
+    assert_eq!(k1, 60 - done);
 
     // Every connection opens, whichever key its secrets are under.
     let app = server(&db, &fake, &both).await.unwrap();
@@ -303,6 +311,43 @@ async fn a_rewrap_killed_half_way_resumes_where_it_stopped(backend: Backend) {
     );
     assert_eq!(store.count_sealed_with("k1").await.unwrap(), 0);
     assert_eq!(store.count_sealed_with("k2").await.unwrap(), 90);
+}
+
+/// Guards `keys status` during a rewrap: the count of each key comes from one snapshot,
+/// so while batches commit, every ciphertext is counted under exactly one key. Counted
+/// one key at a time, a batch committing between the two counts is counted twice (or
+/// not at all), and status would show more (or fewer) secrets than there are.
+async fn counts_by_key_take_each_ciphertext_once_while_a_rewrap_commits(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let db = TestDb::new(backend).await;
+    let app = server(&db, &fake, MASTER_KEYS).await.unwrap();
+    let ids = connections(&app, 40).await;
+    for id in &ids {
+        token_ok(&app, id, "").await; // 120 secrets
+    }
+    app.stop().await;
+    let k2 = generate(&db, "k2").await;
+    let both = format!("{k2},{MASTER_KEYS}");
+    let store = db.store().await;
+    // One row per batch and no pause: 40 commits while the counts are taken.
+    let mut rewrap = slow_rewrap(&db, &both, 1, 0);
+    let (mut counts, mut part_way) = (0, 0);
+    let mut wrong = Vec::new();
+    for _ in 0..2_000 {
+        let [k1, k2] = sealed_by_key(&store).await;
+        counts += 1;
+        part_way += usize::from(k2 > 0 && k1 > 0);
+        if k1 + k2 != 120 {
+            wrong.push((k1, k2));
+        }
+        if k2 == 120 {
+            break;
+        }
+    }
+    rewrap.wait().await.unwrap();
+    assert_eq!(wrong, [], "{counts} counts: (k1, k2) not adding up to 120");
+    assert!(part_way >= 5, "only {part_way} of {counts} counts part-way");
+    assert_eq!(sealed_by_key(&store).await, [0, 120]);
 }
 
 /// Guards the per-connection error: a replica that lacks the key a connection's secrets
@@ -378,10 +423,7 @@ async fn a_rewrap_killed_again_and_again_loses_no_secret(backend: Backend) {
         rewrap.start_kill().unwrap();
         let status = rewrap.wait().await.unwrap();
         kills += usize::from(!status.success());
-        let (k1, k2_count) = (
-            store.count_sealed_with("k1").await.unwrap(),
-            store.count_sealed_with("k2").await.unwrap(),
-        );
+        let [k1, k2_count] = sealed_by_key(&store).await;
         assert_eq!(
             k1 + k2_count,
             120,
