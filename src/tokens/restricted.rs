@@ -50,6 +50,14 @@ impl RestrictedCache {
     }
 
     /// Drops every RDT of this connection.
+    /// The cached RDT for `key`, if it has at least `MIN_LIFE` left.
+    fn usable(&self, key: &RestrictedKey) -> Option<Arc<RestrictedDataToken>> {
+        self.lock()
+            .get(key)
+            .filter(|token| is_usable(token))
+            .cloned()
+    }
+
     pub(super) fn invalidate(&self, id: ConnectionId) {
         self.lock().retain(|(of, _), _| *of != id);
     }
@@ -65,6 +73,10 @@ impl RestrictedCache {
     }
 }
 
+fn is_usable(token: &RestrictedDataToken) -> bool {
+    token.expires_at - now() >= MIN_LIFE
+}
+
 impl TokenService {
     /// An RDT for `request` on connection `id`, with at least a minute left.
     pub async fn restricted_data_token(
@@ -73,9 +85,7 @@ impl TokenService {
         request: RestrictedDataRequest,
     ) -> Result<(Arc<RestrictedDataToken>, Served), TokenError> {
         let key: RestrictedKey = (id, request);
-        let usable = |token: &RestrictedDataToken| token.expires_at - now() >= MIN_LIFE;
-        let cached = self.inner.restricted.lock().get(&key).cloned();
-        if let Some(token) = cached.filter(|token| usable(token)) {
+        if let Some(token) = self.inner.restricted.usable(&key) {
             return Ok((token, Served::Memory));
         }
         for _ in 0..2 {
@@ -84,7 +94,7 @@ impl TokenService {
                 .restricted_flights
                 .join_or_start(key.clone(), || fetch(self.clone(), key.clone()));
             let token = flight.await?;
-            if usable(&token) {
+            if is_usable(&token) {
                 return Ok((token, Served::Fetched));
             }
         }
@@ -100,6 +110,11 @@ async fn fetch(
     service: TokenService,
     key: RestrictedKey,
 ) -> Result<Arc<RestrictedDataToken>, TokenError> {
+    // A request that missed the cache just before the last flight for this key cached
+    // its token and landed starts this one: that token is as good as a new one.
+    if let Some(token) = service.inner.restricted.usable(&key) {
+        return Ok(token);
+    }
     let (id, request) = &key;
     let spapi = &service.inner.spapi;
     // Invalidations while this runs mean the connection changed: do not cache then.

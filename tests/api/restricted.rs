@@ -13,6 +13,7 @@ both_backends!(
     identical_requests_share_one_restricted_data_token,
     bad_resources_are_refused_at_the_edge_or_by_amazon,
     many_requests_refused_one_token_cost_one_fresh_token,
+    a_request_arriving_as_a_flight_lands_takes_its_token,
 );
 
 fn address_of(order: &str, elements: &[&str]) -> Value {
@@ -41,6 +42,49 @@ async fn rdt_ok(app: &TestApp, id: &str, key: &str, body: &Value) -> (Value, Str
         .unwrap()
         .to_owned();
     (response.json().await.unwrap(), cache)
+}
+
+/// Guards the gap between the RDT cache and the single flight: a request that misses the
+/// cache, then finds no flight because the one under way landed meanwhile, must take
+/// the token that flight cached, not start another call to Amazon. Bursts of identical
+/// requests, each burst a new order: one call per burst.
+async fn a_request_arriving_as_a_flight_lands_takes_its_token(backend: Backend) {
+    let fake = FakeLwa::start().await;
+    let app = spawn_with_amazon(backend, &fake).await;
+    let id = connection(&app, 1).await;
+    let worker = app.api_key(&["tokens:read"]).await;
+    const BURSTS: usize = 150;
+    for burst in 0..BURSTS {
+        let body = address_of(&format!("903-{burst}"), &[]);
+        let asks: Vec<_> = (0..24)
+            .map(|_| {
+                tokio::spawn(
+                    app.client
+                        .post(app.url(&format!("/connections/{id}/restricted-data-token")))
+                        .bearer_auth(&worker)
+                        .json(&body)
+                        .send(),
+                )
+            })
+            .collect();
+        let mut tokens = std::collections::BTreeSet::new();
+        for ask in asks {
+            let response = ask.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            tokens.insert(body["restricted_data_token"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            tokens.len(),
+            1,
+            "burst {burst}: one token for identical requests"
+        );
+        assert_eq!(
+            fake.rdt_calls(),
+            burst + 1,
+            "burst {burst}: one call per burst"
+        );
+    }
 }
 
 /// Guards the RDT cache key (connection and request), its single flight, and its
@@ -115,6 +159,7 @@ async fn identical_requests_share_one_restricted_data_token(backend: Backend) {
         let body: Value = ask.await.unwrap().unwrap().json().await.unwrap();
         tokens.push(body["restricted_data_token"].as_str().unwrap().to_owned());
     }
+    tokens.sort();
     tokens.dedup();
     assert_eq!(tokens.len(), 1);
     assert_eq!(fake.rdt_calls(), 3);
