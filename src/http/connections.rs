@@ -7,13 +7,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::extract::{Caller, ConnectionsRead, ConnectionsWrite, Id, JsonObject, QueryFields};
 use super::fields::{Fields, integer_in, string, timestamp};
+use super::json_out;
 use crate::app::AppState;
 use crate::connections::IdempotencyKey;
 use crate::domain::{
@@ -50,17 +50,11 @@ async fn create(
         .into_response())
 }
 
-#[derive(Serialize)]
-struct ConnectionPage {
-    items: Vec<Connection>,
-    next_cursor: Option<String>,
-}
-
 async fn list(
     _caller: Caller<ConnectionsRead>,
     State(state): State<AppState>,
     QueryFields(mut query): QueryFields,
-) -> Result<Json<ConnectionPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = query.optional("limit", integer_in(1..=MAX_PAGE_SIZE));
     let filter = ConnectionFilter {
         after: query.optional("cursor", string(decode_cursor)),
@@ -75,10 +69,9 @@ async fn list(
     query.finish()?;
     let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE) as u32;
     let page = state.connections.list(filter, limit).await?;
-    Ok(Json(ConnectionPage {
-        items: page.items,
-        next_cursor: page.next.map(encode_cursor),
-    }))
+    let next_cursor = page.next.map(encode_cursor);
+    let body = json_out::connection_page(&page.items, next_cursor.as_deref());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn show(

@@ -8,6 +8,7 @@ pub mod error;
 mod extract;
 mod fields;
 mod health;
+mod json_out;
 mod oauth;
 mod serve;
 mod spapi;

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 #[cfg(test)]
 use serde::Serialize;
 
-use crate::domain::timestamp::Rfc3339;
-use crate::domain::{Environment, MerchantToken, Region, is_json_plain};
+use super::json_out::{instant, plain_string, string, strings};
+use crate::domain::{Environment, MerchantToken, Region};
 
 #[cfg_attr(test, derive(Serialize))]
 pub(super) struct TokenBody<'a> {
@@ -51,9 +51,9 @@ impl TokenBody<'_> {
         }
         out.extend_from_slice(b",\"token_type\":");
         plain_string(&mut out, self.token_type);
-        out.extend_from_slice(b",\"expires_at\":\"");
-        rfc3339(&mut out, self.expires_at);
-        out.extend_from_slice(b"\",\"expires_in\":");
+        out.extend_from_slice(b",\"expires_at\":");
+        instant(&mut out, self.expires_at);
+        out.extend_from_slice(b",\"expires_in\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.expires_in).as_bytes());
         out.extend_from_slice(b",\"sp_api_endpoint\":");
         string(&mut out, self.sp_api_endpoint);
@@ -65,43 +65,10 @@ impl TokenBody<'_> {
         plain_string(&mut out, self.environment.as_str());
         out.extend_from_slice(b",\"merchant_token\":");
         string(&mut out, self.merchant_token.as_str());
-        out.extend_from_slice(b",\"marketplace_ids\":[");
-        for (n, id) in self.marketplace_ids.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            string(&mut out, id);
-        }
-        out.extend_from_slice(b"]}");
+        out.extend_from_slice(b",\"marketplace_ids\":");
+        strings(&mut out, self.marketplace_ids);
+        out.push(b'}');
         out
-    }
-}
-
-/// A JSON string: copied as it is when nothing in it needs escaping (what serde_json
-/// escapes: control characters, `"` and `\`), else escaped by serde_json.
-fn string(out: &mut Vec<u8>, text: &str) {
-    if is_json_plain(text) {
-        plain_string(out, text);
-    } else {
-        serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
-    }
-}
-
-/// A JSON string of `text`, known to need no escaping.
-fn plain_string(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'"');
-}
-
-/// The expiry as chrono's `Serialize` writes it (`crate::domain::timestamp`).
-fn rfc3339(out: &mut Vec<u8>, at: DateTime<Utc>) {
-    match Rfc3339::new(at) {
-        Some(text) => out.extend_from_slice(text.as_str().as_bytes()),
-        None => {
-            let text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            out.extend_from_slice(text.as_bytes());
-        }
     }
 }
 

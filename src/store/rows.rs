@@ -96,7 +96,8 @@ impl From<(String, String)> for KeyCheck {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// A connection's columns in `connection_columns!` order, the order every query that
+/// reads them selects them in.
 pub(super) struct ConnectionColumns {
     id: Uuid,
     name: Option<String>,
@@ -128,6 +129,62 @@ pub(super) struct ConnectionColumns {
     previous_client_secret: Option<String>,
     previous_client_secret_until: Option<DateTime<Utc>>,
 }
+
+/// Decoded by position: by name, sqlx looks every column up in a map, which was over
+/// two fifths of decoding a list page (callgrind). Debug builds (the tests) check that
+/// each position holds the column its field is named after.
+macro_rules! connection_columns_from_row {
+    ($row:ty) => {
+        impl<'r> sqlx::FromRow<'r, $row> for ConnectionColumns {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                use sqlx::{Column, Row};
+                let mut index = 0;
+                macro_rules! column {
+                    ($name:literal) => {{
+                        debug_assert_eq!(row.column(index).name(), $name);
+                        index += 1;
+                        row.try_get(index - 1)?
+                    }};
+                }
+                Ok(Self {
+                    id: column!("id"),
+                    name: column!("name"),
+                    account_type: column!("account_type"),
+                    region: column!("region"),
+                    environment: column!("environment"),
+                    client_id: column!("client_id"),
+                    client_secret: column!("client_secret"),
+                    client_secret_hint: column!("client_secret_hint"),
+                    client_secret_expires_at: column!("client_secret_expires_at"),
+                    client_secret_expires_at_estimated: column!(
+                        "client_secret_expires_at_estimated"
+                    ),
+                    client_secret_updated_at: column!("client_secret_updated_at"),
+                    refresh_token: column!("refresh_token"),
+                    merchant_token: column!("merchant_token"),
+                    application_id: column!("application_id"),
+                    marketplace_ids: column!("marketplace_ids"),
+                    status: column!("status"),
+                    last_error_code: column!("last_error_code"),
+                    last_error_message: column!("last_error_message"),
+                    last_error_at: column!("last_error_at"),
+                    authorized_at: column!("authorized_at"),
+                    last_tested_at: column!("last_tested_at"),
+                    access_token: column!("access_token"),
+                    access_token_fetched_at: column!("access_token_fetched_at"),
+                    access_token_expires_at: column!("access_token_expires_at"),
+                    version: column!("version"),
+                    created_at: column!("created_at"),
+                    updated_at: column!("updated_at"),
+                    previous_client_secret: column!("previous_client_secret"),
+                    previous_client_secret_until: column!("previous_client_secret_until"),
+                })
+            }
+        }
+    };
+}
+connection_columns_from_row!(sqlx::postgres::PgRow);
+connection_columns_from_row!(sqlx::sqlite::SqliteRow);
 
 impl From<&ConnectionRow> for ConnectionColumns {
     fn from(row: &ConnectionRow) -> Self {
