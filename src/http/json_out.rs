@@ -152,8 +152,11 @@ mod tests {
         next_cursor: Option<&'a str>,
     }
 
-    fn sample(n: usize, at: DateTime<Utc>) -> Connection {
+    /// The `n`th sample: each instant field takes another of `instants`, so a field
+    /// written under another's name fails the comparison.
+    fn sample(n: usize, instants: &[DateTime<Utc>]) -> Connection {
         let odd = n % 2 == 1;
+        let at = |field: usize| instants[(n + field) % instants.len()];
         Connection {
             id: ConnectionId::generate(),
             name: odd.then(|| ConnectionName::parse("Shop \"EU\" \\ ünïcode").unwrap()),
@@ -173,9 +176,9 @@ mod tests {
             )
             .unwrap(),
             client_secret_hint: if odd { "…cdef".into() } else { "cdef".into() },
-            client_secret_expires_at: at,
+            client_secret_expires_at: at(0),
             client_secret_expires_at_estimated: odd,
-            client_secret_updated_at: at,
+            client_secret_updated_at: at(1),
             merchant_token: MerchantToken::parse("A1EXAMPLESELLER").unwrap(),
             application_id: (!odd).then(|| {
                 ApplicationId::parse("amzn1.sp.solution.01234567-89ab-cdef-0123-456789abcdef")
@@ -187,28 +190,30 @@ mod tests {
                 _ => vec!["A1PA6795UKMFR9".into(), "q\"uote\u{1}".into()],
             },
             status: [
+                ConnectionStatus::Pending,
                 ConnectionStatus::Active,
                 ConnectionStatus::RefreshTokenInvalid,
                 ConnectionStatus::ClientCredentialsInvalid,
-            ][n % 3],
+                ConnectionStatus::ClientSecretExpired,
+            ][n % 5],
             last_error: odd.then(|| LastError {
                 code: "invalid_grant".into(),
                 message: "LWA said: \"revoked\"\nsee \\docs".into(),
-                at,
+                at: at(2),
             }),
-            authorized_at: odd.then_some(at),
-            last_tested_at: (!odd).then_some(at),
-            created_at: at,
-            updated_at: at,
+            authorized_at: odd.then(|| at(3)),
+            last_tested_at: (!odd).then(|| at(4)),
+            created_at: at(5),
+            updated_at: at(6),
         }
     }
 
     #[test]
     fn a_page_is_written_as_serde_json_writes_it() {
-        let items: Vec<Connection> = crate::domain::timestamp::sample_instants()
-            .into_iter()
-            .enumerate()
-            .map(|(n, at)| sample(n, at))
+        let instants = crate::domain::timestamp::sample_instants();
+        // Enough connections for every instant in every field, and every status.
+        let items: Vec<Connection> = (0..instants.len().max(5) * 2)
+            .map(|n| sample(n, &instants))
             .collect();
         for page in [&items[..], &items[..1], &[][..]] {
             for cursor in [None, Some("AZ3n-x_0"), Some("odd \"cursor\"")] {

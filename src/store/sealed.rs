@@ -12,7 +12,7 @@ use super::{Store, StoreError};
 use crate::crypto::Sealed;
 use crate::domain::ConnectionId;
 
-/// The sealed columns: (table, column), each table's together.
+/// The sealed columns: (table, column).
 const SEALED_COLUMNS: [(&str, &str); 5] = [
     ("connections", "client_secret"),
     ("connections", "previous_client_secret"),
@@ -52,8 +52,12 @@ pub struct SealedGrantless {
 /// `$2i+1` and that prefix's length `$2i+2`. Each table is read once, whatever the number
 /// of keys.
 fn count_by_key_sql(keys: usize) -> String {
-    let mut tables: Vec<&str> = SEALED_COLUMNS.iter().map(|(table, _)| *table).collect();
-    tables.dedup();
+    let mut tables: Vec<&str> = Vec::new();
+    for (table, _) in SEALED_COLUMNS {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
     let per_table: Vec<String> = tables
         .iter()
         .map(|table| {

@@ -49,15 +49,16 @@ impl RestrictedCache {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops every RDT of this connection.
     /// The cached RDT for `key`, if it has at least `MIN_LIFE` left.
     fn usable(&self, key: &RestrictedKey) -> Option<Arc<RestrictedDataToken>> {
+        let now = now();
         self.lock()
             .get(key)
-            .filter(|token| is_usable(token))
+            .filter(|token| is_usable_at(token, now))
             .cloned()
     }
 
+    /// Drops every RDT of this connection.
     pub(super) fn invalidate(&self, id: ConnectionId) {
         self.lock().retain(|(of, _), _| *of != id);
     }
@@ -68,13 +69,13 @@ impl RestrictedCache {
 
     /// Drops the RDTs too short-lived to hand out.
     pub(super) fn prune(&self, now: DateTime<Utc>) {
-        self.lock()
-            .retain(|_, token| token.expires_at - now >= MIN_LIFE);
+        self.lock().retain(|_, token| is_usable_at(token, now));
     }
 }
 
-fn is_usable(token: &RestrictedDataToken) -> bool {
-    token.expires_at - now() >= MIN_LIFE
+/// Whether `token` has at least `MIN_LIFE` left at `now`.
+fn is_usable_at(token: &RestrictedDataToken, now: DateTime<Utc>) -> bool {
+    token.expires_at - now >= MIN_LIFE
 }
 
 impl TokenService {
@@ -94,7 +95,7 @@ impl TokenService {
                 .restricted_flights
                 .join_or_start(key.clone(), || fetch(self.clone(), key.clone()));
             let token = flight.await?;
-            if is_usable(&token) {
+            if is_usable_at(&token, now()) {
                 return Ok((token, Served::Fetched));
             }
         }
@@ -140,7 +141,7 @@ async fn fetch(
     if service.inner.cache.stamp(*id) == generation {
         if cached.len() >= MAX_CACHED {
             let now = now();
-            cached.retain(|_, token| token.expires_at - now >= MIN_LIFE);
+            cached.retain(|_, token| is_usable_at(token, now));
             if cached.len() >= MAX_CACHED {
                 cached.clear();
             }

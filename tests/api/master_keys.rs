@@ -5,12 +5,14 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
+use connection_registry::crypto::Keyring;
+use connection_registry::master_keys;
 use connection_registry::store::Store;
 
 use crate::both_backends;
@@ -328,13 +330,23 @@ async fn counts_by_key_take_each_ciphertext_once_while_a_rewrap_commits(backend:
     app.stop().await;
     let k2 = generate(&db, "k2").await;
     let both = format!("{k2},{MASTER_KEYS}");
+    let keyring = Keyring::parse(&both).unwrap();
     let store = db.store().await;
-    // One row per batch and no pause: 40 commits while the counts are taken.
+    // One row per batch and no pause: 40 commits while `keys status` counts, as often as
+    // it can until every secret is under k2 (or a minute has passed).
     let mut rewrap = slow_rewrap(&db, &both, 1, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let (mut counts, mut part_way) = (0, 0);
     let mut wrong = Vec::new();
-    for _ in 0..2_000 {
-        let [k1, k2] = sealed_by_key(&store).await;
+    loop {
+        let report = master_keys::status(&store, &keyring).await.unwrap();
+        let under = |key: &str| {
+            report
+                .iter()
+                .find(|status| status.key_id == key)
+                .map_or(0, |status| status.ciphertexts)
+        };
+        let (k1, k2) = (under("k1"), under("k2"));
         counts += 1;
         part_way += usize::from(k2 > 0 && k1 > 0);
         if k1 + k2 != 120 {
@@ -343,6 +355,10 @@ async fn counts_by_key_take_each_ciphertext_once_while_a_rewrap_commits(backend:
         if k2 == 120 {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the rewrap did not finish in a minute: {k2} of 120 under k2"
+        );
     }
     rewrap.wait().await.unwrap();
     assert_eq!(wrong, [], "{counts} counts: (k1, k2) not adding up to 120");

@@ -44,6 +44,35 @@ async fn rdt_ok(app: &TestApp, id: &str, key: &str, body: &Value) -> (Value, Str
     (response.json().await.unwrap(), cache)
 }
 
+/// `n` identical requests at once; the distinct tokens they were answered with.
+async fn burst(
+    app: &TestApp,
+    id: &str,
+    key: &str,
+    body: &Value,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let asks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(
+                app.client
+                    .post(app.url(&format!("/connections/{id}/restricted-data-token")))
+                    .bearer_auth(key)
+                    .json(body)
+                    .send(),
+            )
+        })
+        .collect();
+    let mut tokens = std::collections::BTreeSet::new();
+    for ask in asks {
+        let response = ask.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        tokens.insert(body["restricted_data_token"].as_str().unwrap().to_owned());
+    }
+    tokens
+}
+
 /// Guards the gap between the RDT cache and the single flight: a request that misses the
 /// cache, then finds no flight because the one under way landed meanwhile, must take
 /// the token that flight cached, not start another call to Amazon. Bursts of identical
@@ -54,35 +83,18 @@ async fn a_request_arriving_as_a_flight_lands_takes_its_token(backend: Backend) 
     let id = connection(&app, 1).await;
     let worker = app.api_key(&["tokens:read"]).await;
     const BURSTS: usize = 150;
-    for burst in 0..BURSTS {
-        let body = address_of(&format!("903-{burst}"), &[]);
-        let asks: Vec<_> = (0..24)
-            .map(|_| {
-                tokio::spawn(
-                    app.client
-                        .post(app.url(&format!("/connections/{id}/restricted-data-token")))
-                        .bearer_auth(&worker)
-                        .json(&body)
-                        .send(),
-                )
-            })
-            .collect();
-        let mut tokens = std::collections::BTreeSet::new();
-        for ask in asks {
-            let response = ask.await.unwrap().unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            let body: Value = response.json().await.unwrap();
-            tokens.insert(body["restricted_data_token"].as_str().unwrap().to_owned());
-        }
+    for round in 0..BURSTS {
+        let body = address_of(&format!("903-{round}"), &[]);
+        let tokens = burst(&app, &id, &worker, &body, 24).await;
         assert_eq!(
             tokens.len(),
             1,
-            "burst {burst}: one token for identical requests"
+            "burst {round}: one token for identical requests"
         );
         assert_eq!(
             fake.rdt_calls(),
-            burst + 1,
-            "burst {burst}: one call per burst"
+            round + 1,
+            "burst {round}: one call per burst"
         );
     }
 }
@@ -143,24 +155,7 @@ async fn identical_requests_share_one_restricted_data_token(backend: Backend) {
     assert_eq!(fake.rdt_calls(), 2);
 
     // A burst of identical new requests: one call.
-    let burst: Vec<_> = (0..20)
-        .map(|_| {
-            tokio::spawn(
-                app.client
-                    .post(app.url(&format!("/connections/{id}/restricted-data-token")))
-                    .bearer_auth(&worker)
-                    .json(&address_of("902-3", &[]))
-                    .send(),
-            )
-        })
-        .collect();
-    let mut tokens = Vec::new();
-    for ask in burst {
-        let body: Value = ask.await.unwrap().unwrap().json().await.unwrap();
-        tokens.push(body["restricted_data_token"].as_str().unwrap().to_owned());
-    }
-    tokens.sort();
-    tokens.dedup();
+    let tokens = burst(&app, &id, &worker, &address_of("902-3", &[]), 20).await;
     assert_eq!(tokens.len(), 1);
     assert_eq!(fake.rdt_calls(), 3);
 
