@@ -125,14 +125,12 @@ pub(super) fn plain_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// An instant as a JSON string, as `crate::domain::timestamp::serialize` writes it.
+/// An instant as a JSON string, as `crate::domain::timestamp::serialize` writes it:
+/// what `Rfc3339` does not cover goes through chrono's `Serialize`, as it does there.
 pub(super) fn instant(out: &mut Vec<u8>, at: DateTime<Utc>) {
     match Rfc3339::new(at) {
         Some(text) => plain_string(out, text.as_str()),
-        None => {
-            let text = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            string(out, &text);
-        }
+        None => serde_json::to_writer(out, &at).expect("writing to a Vec cannot fail"),
     }
 }
 

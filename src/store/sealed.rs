@@ -52,41 +52,42 @@ pub struct SealedGrantless {
 /// `$2i+1` and that prefix's length `$2i+2`. Each table is read once, whatever the number
 /// of keys.
 fn count_by_key_sql(keys: usize) -> String {
+    // 1 where `column` holds a ciphertext key `key` made.
+    let made_by = |column: &str, key: usize| {
+        format!(
+            "CASE WHEN substr({column}, 1, ${}) = ${} THEN 1 ELSE 0 END",
+            2 * key + 2,
+            2 * key + 1
+        )
+    };
     let mut tables: Vec<&str> = Vec::new();
     for (table, _) in SEALED_COLUMNS {
         if !tables.contains(&table) {
             tables.push(table);
         }
     }
-    let per_table: Vec<String> = tables
-        .iter()
-        .map(|table| {
-            let columns: Vec<String> = (0..keys)
-                .map(|key| {
-                    let matches: Vec<String> = SEALED_COLUMNS
-                        .iter()
-                        .filter(|(t, _)| t == table)
-                        .map(|(_, column)| {
-                            format!(
-                                "CASE WHEN substr({column}, 1, ${}) = ${} THEN 1 ELSE 0 END",
-                                2 * key + 2,
-                                2 * key + 1
-                            )
-                        })
-                        .collect();
-                    format!("{} AS k{key}", matches.join(" + "))
-                })
+    // Per table, one column per key: how many of the row's ciphertexts that key made.
+    let per_table = tables.iter().map(|table| {
+        let per_key = (0..keys).map(|key| {
+            let made: Vec<String> = SEALED_COLUMNS
+                .iter()
+                .filter(|(of, _)| of == table)
+                .map(|(_, column)| made_by(column, key))
                 .collect();
-            format!("SELECT {} FROM {table}", columns.join(", "))
-        })
-        .collect();
+            format!("{} AS k{key}", made.join(" + "))
+        });
+        format!(
+            "SELECT {} FROM {table}",
+            per_key.collect::<Vec<_>>().join(", ")
+        )
+    });
     let sums: Vec<String> = (0..keys)
         .map(|key| format!("CAST(COALESCE(SUM(k{key}), 0) AS BIGINT)"))
         .collect();
     format!(
         "SELECT {} FROM ({}) AS sealed",
         sums.join(", "),
-        per_table.join(" UNION ALL ")
+        per_table.collect::<Vec<_>>().join(" UNION ALL ")
     )
 }
 
