@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::rows::{ConnectionColumns, bind_connection};
 use super::{
-    Backend, ConnectionFilter, ConnectionRow, IdempotencyRecord, SELECT_CONNECTION, Store,
+    Backend, ConnectionFilter, ConnectionRow, IdempotencyRecord, Pool, SELECT_CONNECTION, Store,
     StoreError, UPDATE_CONNECTION,
 };
 use crate::domain::{ApiKeyId, Connection, ConnectionId};
@@ -91,14 +91,27 @@ impl Store {
         filter: &ConnectionFilter,
         limit: u32,
     ) -> Result<Vec<Connection>, StoreError> {
-        let rows: Vec<ConnectionColumns> = on_pool!(self, pool => {
-            let mut query = QueryBuilder::new(LIST_CONNECTIONS);
-            push_list_filter(&mut query, filter, limit);
-            // Not kept prepared: Postgres plans each run with its values (a rare status
-            // or a short expiry range takes an index, a common one the id order), where
-            // a prepared statement may settle on one generic plan for every value.
-            query.build_query_as().persistent(false).fetch_all(pool).await
-        })?;
+        // Not kept prepared: Postgres plans each run with its values (a rare status or a
+        // short expiry range takes an index, a common one the id order), where a prepared
+        // statement may settle on one generic plan for every value.
+        let rows = match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut query = QueryBuilder::new(LIST_CONNECTIONS);
+                push_list_filter(&mut query, filter, limit);
+                let rows: Vec<sqlx::postgres::PgRow> =
+                    query.build().persistent(false).fetch_all(pool).await?;
+                ConnectionColumns::from_pg_rows(&rows)?
+            }
+            Pool::Sqlite(pool) => {
+                let mut query = QueryBuilder::new(LIST_CONNECTIONS);
+                push_list_filter(&mut query, filter, limit);
+                query
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
         rows.into_iter()
             .map(|row| ConnectionRow::try_from(row).map(|row| row.connection))
             .collect()

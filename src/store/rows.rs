@@ -130,61 +130,124 @@ pub(super) struct ConnectionColumns {
     previous_client_secret_until: Option<DateTime<Utc>>,
 }
 
-/// Decoded by position: by name, sqlx looks every column up in a map, which was over
-/// two fifths of decoding a list page (callgrind). Debug builds (every test, on both
-/// backends) check that each position holds the column its field is named after.
-macro_rules! connection_columns_from_row {
-    ($row:ty) => {
-        impl<'r> sqlx::FromRow<'r, $row> for ConnectionColumns {
-            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
-                use sqlx::{Column, Row};
-                let mut index = 0;
-                macro_rules! column {
-                    ($name:literal) => {{
-                        debug_assert_eq!(row.column(index).name(), $name);
-                        index += 1;
-                        row.try_get(index - 1)?
-                    }};
-                }
-                Ok(Self {
-                    id: column!("id"),
-                    name: column!("name"),
-                    account_type: column!("account_type"),
-                    region: column!("region"),
-                    environment: column!("environment"),
-                    client_id: column!("client_id"),
-                    client_secret: column!("client_secret"),
-                    client_secret_hint: column!("client_secret_hint"),
-                    client_secret_expires_at: column!("client_secret_expires_at"),
-                    client_secret_expires_at_estimated: column!(
-                        "client_secret_expires_at_estimated"
-                    ),
-                    client_secret_updated_at: column!("client_secret_updated_at"),
-                    refresh_token: column!("refresh_token"),
-                    merchant_token: column!("merchant_token"),
-                    application_id: column!("application_id"),
-                    marketplace_ids: column!("marketplace_ids"),
-                    status: column!("status"),
-                    last_error_code: column!("last_error_code"),
-                    last_error_message: column!("last_error_message"),
-                    last_error_at: column!("last_error_at"),
-                    authorized_at: column!("authorized_at"),
-                    last_tested_at: column!("last_tested_at"),
-                    access_token: column!("access_token"),
-                    access_token_fetched_at: column!("access_token_fetched_at"),
-                    access_token_expires_at: column!("access_token_expires_at"),
-                    version: column!("version"),
-                    created_at: column!("created_at"),
-                    updated_at: column!("updated_at"),
-                    previous_client_secret: column!("previous_client_secret"),
-                    previous_client_secret_until: column!("previous_client_secret_until"),
-                })
-            }
+/// Builds a `ConnectionColumns` from `$row` by position (by name, sqlx looks every column
+/// up in a map, which was over two fifths of decoding a list page: callgrind), each field
+/// read by `$get(row, index, $check_types)`. Debug builds (every test, on both backends)
+/// check that each position holds the column its field is named after.
+macro_rules! connection_columns_by_position {
+    ($row:expr, $get:path, $check_types:expr) => {{
+        let row = $row;
+        let check_types = $check_types;
+        let mut index = 0;
+        macro_rules! column {
+            ($name:literal) => {{
+                debug_assert_eq!(sqlx::Column::name(sqlx::Row::column(row, index)), $name);
+                index += 1;
+                $get(row, index - 1, check_types)?
+            }};
         }
-    };
+        ConnectionColumns {
+            id: column!("id"),
+            name: column!("name"),
+            account_type: column!("account_type"),
+            region: column!("region"),
+            environment: column!("environment"),
+            client_id: column!("client_id"),
+            client_secret: column!("client_secret"),
+            client_secret_hint: column!("client_secret_hint"),
+            client_secret_expires_at: column!("client_secret_expires_at"),
+            client_secret_expires_at_estimated: column!("client_secret_expires_at_estimated"),
+            client_secret_updated_at: column!("client_secret_updated_at"),
+            refresh_token: column!("refresh_token"),
+            merchant_token: column!("merchant_token"),
+            application_id: column!("application_id"),
+            marketplace_ids: column!("marketplace_ids"),
+            status: column!("status"),
+            last_error_code: column!("last_error_code"),
+            last_error_message: column!("last_error_message"),
+            last_error_at: column!("last_error_at"),
+            authorized_at: column!("authorized_at"),
+            last_tested_at: column!("last_tested_at"),
+            access_token: column!("access_token"),
+            access_token_fetched_at: column!("access_token_fetched_at"),
+            access_token_expires_at: column!("access_token_expires_at"),
+            version: column!("version"),
+            created_at: column!("created_at"),
+            updated_at: column!("updated_at"),
+            previous_client_secret: column!("previous_client_secret"),
+            previous_client_secret_until: column!("previous_client_secret_until"),
+        }
+    }};
 }
-connection_columns_from_row!(sqlx::postgres::PgRow);
-connection_columns_from_row!(sqlx::sqlite::SqliteRow);
+
+/// A Postgres result describes its columns' types once, for every row: so they are
+/// checked against the fields once (`from_pg_rows`), from that description, and each
+/// value is then decoded without sqlx checking its type again (which was a seventh of a
+/// list page's instructions). Checking the description also covers a column whose first
+/// values are NULL, which sqlx's check of each value skips.
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ConnectionColumns {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(connection_columns_by_position!(row, pg_column, true))
+    }
+}
+
+/// SQLite types each value by itself, whatever the column says: every value's type is
+/// checked (sqlx's `try_get`).
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for ConnectionColumns {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(connection_columns_by_position!(row, sqlite_column, ()))
+    }
+}
+
+impl ConnectionColumns {
+    /// The rows of one Postgres result; the column types are checked on the first.
+    pub(super) fn from_pg_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Self>, sqlx::Error> {
+        rows.iter()
+            .enumerate()
+            .map(|(n, row)| Ok(connection_columns_by_position!(row, pg_column, n == 0)))
+            .collect()
+    }
+}
+
+/// Column `index` as `T`; with `check_type`, only if the column's described type is one
+/// `T` decodes.
+fn pg_column<'r, T>(
+    row: &'r sqlx::postgres::PgRow,
+    index: usize,
+    check_type: bool,
+) -> Result<T, sqlx::Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + Type<sqlx::Postgres>,
+{
+    use sqlx::{Column, Row, TypeInfo};
+    if check_type {
+        let described = row.column(index).type_info();
+        if !T::compatible(described) {
+            return Err(sqlx::Error::ColumnDecode {
+                index: format!("{index:?}"),
+                source: format!(
+                    "the column is {}, which `{}` does not decode",
+                    described.name(),
+                    std::any::type_name::<T>()
+                )
+                .into(),
+            });
+        }
+    }
+    row.try_get_unchecked(index)
+}
+
+/// Column `index` as `T`, its value's own type checked (SQLite has no other).
+fn sqlite_column<'r, T>(
+    row: &'r sqlx::sqlite::SqliteRow,
+    index: usize,
+    _every_value_checked: (),
+) -> Result<T, sqlx::Error>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + Type<sqlx::Sqlite>,
+{
+    sqlx::Row::try_get(row, index)
+}
 
 impl From<&ConnectionRow> for ConnectionColumns {
     fn from(row: &ConnectionRow) -> Self {

@@ -152,6 +152,21 @@ impl TestDb {
         }
     }
 
+    /// Runs `sql` directly on the database: for what no API would do (a schema drifted).
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection;
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
     /// A direct handle on the database, for what the API cannot show.
     pub async fn store(&self) -> Store {
         let url = DatabaseUrl::parse(&self.url).expect("a test database URL");

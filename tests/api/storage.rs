@@ -16,6 +16,7 @@ both_backends!(
     list_filters_combine_with_the_cursor,
     every_combination_of_list_filters_narrows_alone_together_and_after_the_cursor,
     readiness_reflects_the_database,
+    a_value_of_a_type_the_code_does_not_read_is_refused_not_decoded,
 );
 crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
 
@@ -272,4 +273,76 @@ async fn readiness_fails_while_the_database_is_away_and_recovers() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Guards the type checks of decoding: a column whose stored type drifted from the one
+/// the code reads must fail the read, not be decoded as if it were right (here a `bytea`
+/// holding UTF-8, which decodes as a string without complaint). On Postgres the column's
+/// described type is checked, once per result: so a list whose first row holds NULL there
+/// is refused too, and a single read of that row. SQLite types each value by itself: its
+/// NULL is no type, and the text-typed values are what is refused.
+async fn a_value_of_a_type_the_code_does_not_read_is_refused_not_decoded(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let created = app.create_connection(&connection_body(n)).await;
+        ids.push(ConnectionId::parse(created["id"].as_str().unwrap()).unwrap());
+    }
+    ids.sort_by_key(|id| id.as_uuid());
+    let store = app.db.store().await;
+    assert_eq!(
+        store
+            .list_connections(&ConnectionFilter::default(), 50)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let (first, later) = (ids[0], &ids[1..]);
+    let blob = match backend {
+        Backend::Postgres => {
+            app.db
+                .execute(
+                    "ALTER TABLE connections ALTER COLUMN last_error_message TYPE bytea \
+                     USING convert_to(last_error_message, 'UTF8')",
+                )
+                .await;
+            "convert_to('LWA answered 500', 'UTF8')"
+        }
+        Backend::Sqlite => "CAST('LWA answered 500' AS BLOB)",
+    };
+    app.db
+        .execute(&format!(
+            "UPDATE connections SET last_error_message = {blob} \
+             WHERE id <> (SELECT id FROM connections ORDER BY id LIMIT 1)"
+        ))
+        .await;
+    let store = app.db.store().await;
+
+    let listed = store
+        .list_connections(&ConnectionFilter::default(), 50)
+        .await;
+    assert!(
+        is_decode_error(&listed),
+        "a list with a mistyped column: {listed:?}"
+    );
+    for id in later {
+        let read = store.get_connection(*id).await;
+        assert!(is_decode_error(&read), "a mistyped value: {read:?}");
+    }
+    let read_first = store.get_connection(first).await;
+    match backend {
+        Backend::Postgres => assert!(
+            is_decode_error(&read_first),
+            "NULL in a mistyped column: {read_first:?}"
+        ),
+        Backend::Sqlite => assert_eq!(read_first.unwrap().connection.id, first),
+    }
+}
+
+fn is_decode_error<T>(result: &Result<T, StoreError>) -> bool {
+    matches!(
+        result,
+        Err(StoreError::Other(sqlx::Error::ColumnDecode { .. }))
+    )
 }
