@@ -200,6 +200,7 @@ mod client_secrets;
 mod connections;
 mod grantless;
 mod oauth;
+mod pg_columns;
 mod postgres;
 mod rows;
 mod sealed;

@@ -187,7 +187,11 @@ macro_rules! connection_columns_by_position {
 /// values are NULL, which sqlx's check of each value skips.
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ConnectionColumns {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(connection_columns_by_position!(row, pg_column, true))
+        Ok(connection_columns_by_position!(
+            row,
+            super::pg_columns::pg_column,
+            true
+        ))
     }
 }
 
@@ -204,37 +208,15 @@ impl ConnectionColumns {
     pub(super) fn from_pg_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Self>, sqlx::Error> {
         rows.iter()
             .enumerate()
-            .map(|(n, row)| Ok(connection_columns_by_position!(row, pg_column, n == 0)))
+            .map(|(n, row)| {
+                Ok(connection_columns_by_position!(
+                    row,
+                    super::pg_columns::pg_column,
+                    n == 0
+                ))
+            })
             .collect()
     }
-}
-
-/// Column `index` as `T`; with `check_type`, only if the column's described type is one
-/// `T` decodes.
-fn pg_column<'r, T>(
-    row: &'r sqlx::postgres::PgRow,
-    index: usize,
-    check_type: bool,
-) -> Result<T, sqlx::Error>
-where
-    T: sqlx::Decode<'r, sqlx::Postgres> + Type<sqlx::Postgres>,
-{
-    use sqlx::{Column, Row, TypeInfo};
-    if check_type {
-        let described = row.column(index).type_info();
-        if !T::compatible(described) {
-            return Err(sqlx::Error::ColumnDecode {
-                index: format!("{index:?}"),
-                source: format!(
-                    "the column is {}, which `{}` does not decode",
-                    described.name(),
-                    std::any::type_name::<T>()
-                )
-                .into(),
-            });
-        }
-    }
-    row.try_get_unchecked(index)
 }
 
 /// Column `index` as `T`, its value's own type checked (SQLite has no other).

@@ -67,7 +67,8 @@ async fn every_column_round_trips(backend: Backend) {
         message: "LWA answered 500".into(),
         at,
     });
-    row.connection.authorized_at = Some(at);
+    // Before Postgres's epoch (2000), a microsecond from it: negative in its binary form.
+    row.connection.authorized_at = Some("1999-12-31T23:59:59.999999Z".parse().unwrap());
     row.connection.last_tested_at = Some(at);
     row.access_token = Some(StoredToken {
         sealed: Sealed::from_stored("v1:k1:c2VhbGVk".into()),
