@@ -24,7 +24,7 @@ where
         source,
     };
     if check_type {
-        let described = row.column(index).type_info();
+        let described = row.try_column(index)?.type_info();
         if !T::compatible(described) {
             return Err(column_error(
                 format!(
@@ -70,9 +70,10 @@ impl<'r, T: FromPgValue<'r>> FromPgValue<'r> for Option<T> {
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// A `timestamptz` in binary is microseconds since 2000-01-01 UTC. sqlx adds them to that
-/// date with chrono's calendar arithmetic, which was over a fifth of decoding a list page
-/// (six instants a row; callgrind); from the Unix epoch it is one division. Text (a
-/// simple query's format) is left to sqlx.
+/// date with chrono's calendar arithmetic, a sixth of decoding a list page (six instants
+/// a row; callgrind), and panics on what chrono cannot hold (`infinity`, beyond year
+/// 262143); from the Unix epoch it is one call, and those are an error. Text (a simple
+/// query's format) is left to sqlx.
 impl<'r> FromPgValue<'r> for DateTime<Utc> {
     fn from_pg_value(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
         if value.format() != PgValueFormat::Binary {

@@ -204,15 +204,22 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for ConnectionColumns {
 }
 
 impl ConnectionColumns {
-    /// The rows of one Postgres result; the column types are checked on the first.
+    /// The rows of a Postgres result: the column types are checked on the first row, and
+    /// again on any row that does not share its description (so never, for one result).
     pub(super) fn from_pg_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Self>, sqlx::Error> {
+        use sqlx::Row;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
         rows.iter()
-            .enumerate()
-            .map(|(n, row)| {
+            .map(|row| {
+                // Rows of one result share one description, by pointer.
+                let described_anew =
+                    std::ptr::eq(row, first) || !std::ptr::eq(row.columns(), first.columns());
                 Ok(connection_columns_by_position!(
                     row,
                     super::pg_columns::pg_column,
-                    n == 0
+                    described_anew
                 ))
             })
             .collect()

@@ -17,6 +17,7 @@ both_backends!(
     every_combination_of_list_filters_narrows_alone_together_and_after_the_cursor,
     readiness_reflects_the_database,
     a_value_of_a_type_the_code_does_not_read_is_refused_not_decoded,
+    an_instant_no_calendar_holds_is_refused_not_a_panic,
 );
 crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
 
@@ -67,8 +68,8 @@ async fn every_column_round_trips(backend: Backend) {
         message: "LWA answered 500".into(),
         at,
     });
-    // Before Postgres's epoch (2000), a microsecond from it: negative in its binary form.
-    row.connection.authorized_at = Some("1999-12-31T23:59:59.999999Z".parse().unwrap());
+    // A microsecond before the Unix epoch: negative from it and from Postgres's (2000).
+    row.connection.authorized_at = Some("1969-12-31T23:59:59.999999Z".parse().unwrap());
     row.connection.last_tested_at = Some(at);
     row.access_token = Some(StoredToken {
         sealed: Sealed::from_stored("v1:k1:c2VhbGVk".into()),
@@ -346,4 +347,23 @@ fn is_decode_error<T>(result: &Result<T, StoreError>) -> bool {
         result,
         Err(StoreError::Other(sqlx::Error::ColumnDecode { .. }))
     )
+}
+
+/// Guards the instant decoding: Postgres's `infinity` (and SQLite text that is no
+/// instant) must fail the read with a decode error. sqlx's own decoding of a Postgres
+/// instant panicked on it, which took down whatever read the row.
+async fn an_instant_no_calendar_holds_is_refused_not_a_panic(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app.create_connection(&connection_body(1)).await;
+    let id = ConnectionId::parse(created["id"].as_str().unwrap()).unwrap();
+    app.db
+        .execute("UPDATE connections SET last_tested_at = 'infinity'")
+        .await;
+    let store = app.db.store().await;
+    let read = store.get_connection(id).await;
+    assert!(is_decode_error(&read), "infinity: {read:?}");
+    let listed = store
+        .list_connections(&ConnectionFilter::default(), 50)
+        .await;
+    assert!(is_decode_error(&listed), "infinity in a list: {listed:?}");
 }
