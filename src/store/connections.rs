@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 use uuid::Uuid;
 
-use super::rows::{ConnectionColumns, bind_connection};
+use super::rows::{ConnectionColumns, ConnectionResult, bind_connection};
 use super::{
-    Backend, ConnectionFilter, ConnectionRow, IdempotencyRecord, Pool, SELECT_CONNECTION, Store,
+    Backend, ConnectionFilter, ConnectionRow, IdempotencyRecord, SELECT_CONNECTION, Store,
     StoreError, UPDATE_CONNECTION,
 };
 use crate::domain::{ApiKeyId, Connection, ConnectionId};
@@ -94,24 +94,12 @@ impl Store {
         // Not kept prepared: Postgres plans each run with its values (a rare status or a
         // short expiry range takes an index, a common one the id order), where a prepared
         // statement may settle on one generic plan for every value.
-        let rows = match &self.pool {
-            Pool::Postgres(pool) => {
-                let mut query = QueryBuilder::new(LIST_CONNECTIONS);
-                push_list_filter(&mut query, filter, limit);
-                let rows: Vec<sqlx::postgres::PgRow> =
-                    query.build().persistent(false).fetch_all(pool).await?;
-                ConnectionColumns::from_pg_rows(&rows)?
-            }
-            Pool::Sqlite(pool) => {
-                let mut query = QueryBuilder::new(LIST_CONNECTIONS);
-                push_list_filter(&mut query, filter, limit);
-                query
-                    .build_query_as()
-                    .persistent(false)
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
+        let rows = on_pool!(self, pool => {
+            let mut query = QueryBuilder::new(LIST_CONNECTIONS);
+            push_list_filter(&mut query, filter, limit);
+            let rows = query.build().persistent(false).fetch_all(pool).await?;
+            ConnectionResult::connection_columns(&rows)?
+        });
         rows.into_iter()
             .map(|row| ConnectionRow::try_from(row).map(|row| row.connection))
             .collect()

@@ -181,7 +181,7 @@ macro_rules! connection_columns_by_position {
 }
 
 /// A Postgres result describes its columns' types once, for every row: so they are
-/// checked against the fields once (`from_pg_rows`), from that description, and each
+/// checked against the fields once (`ConnectionResult`), from that description, and each
 /// value is then decoded without sqlx checking its type again (which was a seventh of a
 /// list page's instructions). Checking the description also covers a column whose first
 /// values are NULL, which sqlx's check of each value skips.
@@ -203,10 +203,15 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for ConnectionColumns {
     }
 }
 
-impl ConnectionColumns {
-    /// The rows of a Postgres result: the column types are checked on the first row, and
-    /// again on any row that does not share its description (so never, for one result).
-    pub(super) fn from_pg_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Self>, sqlx::Error> {
+/// A whole result of connection rows decoded, as each backend's rows call for.
+pub(super) trait ConnectionResult: Sized {
+    fn connection_columns(rows: &[Self]) -> Result<Vec<ConnectionColumns>, sqlx::Error>;
+}
+
+/// The column types are checked on the first row, and again on any row that does not
+/// share its description (so never, for one result).
+impl ConnectionResult for sqlx::postgres::PgRow {
+    fn connection_columns(rows: &[Self]) -> Result<Vec<ConnectionColumns>, sqlx::Error> {
         use sqlx::Row;
         let Some(first) = rows.first() else {
             return Ok(Vec::new());
@@ -223,6 +228,12 @@ impl ConnectionColumns {
                 ))
             })
             .collect()
+    }
+}
+
+impl ConnectionResult for sqlx::sqlite::SqliteRow {
+    fn connection_columns(rows: &[Self]) -> Result<Vec<ConnectionColumns>, sqlx::Error> {
+        rows.iter().map(sqlx::FromRow::from_row).collect()
     }
 }
 
