@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicI32;
 use crate::config::DatabaseUrl;
 use crate::domain::{ConnectionId, ConnectionStatus, Environment, MerchantToken, Region};
 pub use client_secrets::{NotificationRecord, SecretChange};
-pub use events::{EventFilter, Gauges, Handouts, StoredEvent};
+pub use events::{EventFilter, Gauges, HANDOUTS_PER_STATEMENT, Handouts, StoredEvent};
 pub use grantless::{GrantlessKey, GrantlessLease, grantless_owner};
 pub use oauth::OAuthState;
 pub use rows::{ConnectionRow, IdempotencyRecord, KeyCheck, PreviousSecret, StoredToken};

@@ -4,7 +4,10 @@ use connection_registry::crypto::Sealed;
 use connection_registry::domain::{
     Connection, ConnectionId, ConnectionStatus, Environment, LastError, MerchantToken, Region, now,
 };
-use connection_registry::store::{ConnectionFilter, StoreError, StoredToken};
+use connection_registry::domain::ApiKeyId;
+use connection_registry::store::{
+    ConnectionFilter, HANDOUTS_PER_STATEMENT, Handouts, StoreError, StoredToken,
+};
 use serde_json::{Value, json};
 
 use crate::both_backends;
@@ -18,6 +21,7 @@ both_backends!(
     readiness_reflects_the_database,
     a_value_of_a_type_the_code_does_not_read_is_refused_not_decoded,
     an_instant_no_calendar_holds_is_refused_not_a_panic,
+    hand_outs_flushed_in_several_statements_add_up_row_by_row,
 );
 crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
 
@@ -366,4 +370,52 @@ async fn an_instant_no_calendar_holds_is_refused_not_a_panic(backend: Backend) {
         .list_connections(&ConnectionFilter::default(), 50)
         .await;
     assert!(is_decode_error(&listed), "infinity in a list: {listed:?}");
+}
+
+/// Guards the batched hand-out flush: a flush longer than one statement writes every
+/// row (not only the first statement's), each with its own count, and a second flush
+/// adds to the rows already there.
+async fn hand_outs_flushed_in_several_statements_add_up_row_by_row(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let store = app.db.store().await;
+    let minute: chrono::DateTime<chrono::Utc> = "2026-11-29T10:00:00Z".parse().unwrap();
+    let keys = [ApiKeyId::generate(), ApiKeyId::generate()];
+    // Two statements and a part for each key's rows, interleaved.
+    let per_key = HANDOUTS_PER_STATEMENT + HANDOUTS_PER_STATEMENT / 4;
+    let connections: Vec<ConnectionId> = (0..per_key).map(|_| ConnectionId::generate()).collect();
+    let rows = |extra: i64| -> Vec<Handouts> {
+        connections
+            .iter()
+            .enumerate()
+            .flat_map(|(n, &connection_id)| {
+                keys.iter().enumerate().map(move |(k, &api_key_id)| Handouts {
+                    api_key_id,
+                    connection_id,
+                    minute,
+                    count: (n * 2 + k) as i64 + 1 + extra,
+                })
+            })
+            .collect()
+    };
+    store.add_handouts(&rows(0)).await.unwrap();
+    // The second flush: the same rows again (the minute went on), plus 1,000,000 each.
+    store.add_handouts(&rows(1_000_000)).await.unwrap();
+
+    for (k, key) in keys.iter().enumerate() {
+        let stored = store
+            .list_handouts(None, Some(*key), 10 * per_key as u32)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), per_key, "one row per connection of key {k}");
+        for row in stored {
+            let n = connections
+                .iter()
+                .position(|&id| id == row.connection_id)
+                .expect("a connection that was handed out");
+            assert_eq!(row.api_key_id, *key);
+            assert_eq!(row.minute, minute);
+            let once = (n * 2 + k) as i64 + 1;
+            assert_eq!(row.count, once + once + 1_000_000, "connection {n}, key {k}");
+        }
+    }
 }
