@@ -1,15 +1,16 @@
-//! `/api-keys`: admins create, list and revoke API keys.
+//! `/api-keys`: admins create, list and revoke API keys; any key may ask what it is
+//! (`/api-keys/current`).
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::extract::{Admin, Caller, Id, JsonObject};
+use super::extract::{Admin, AnyKey, Caller, Id, JsonObject};
 use super::fields::{Fields, string};
 use crate::app::AppState;
 use crate::domain::{ApiKey, ApiKeyId, ApiKeyName, ParseError, Scope};
@@ -17,7 +18,28 @@ use crate::domain::{ApiKey, ApiKeyId, ApiKeyName, ParseError, Scope};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api-keys", post(create).get(list))
+        .route("/api-keys/current", get(current))
         .route("/api-keys/{id}", delete(revoke))
+}
+
+/// What the caller's own key is: a worker checks at start-up that its key is known and
+/// holds `tokens:read`, without asking for a token (which may cost an LWA call). From
+/// memory, like every key check: no database read.
+#[derive(Serialize)]
+struct CurrentKey<'a> {
+    id: ApiKeyId,
+    name: &'a ApiKeyName,
+    scopes: &'a [Scope],
+}
+
+async fn current(caller: Caller<AnyKey>) -> Response {
+    let key = &caller.key;
+    Json(CurrentKey {
+        id: key.id,
+        name: &key.name,
+        scopes: &key.scopes,
+    })
+    .into_response()
 }
 
 /// The only response that ever carries a key's plaintext.

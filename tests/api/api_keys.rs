@@ -19,6 +19,7 @@ both_backends!(
     invalid_key_requests_are_named,
     revoked_key_stops_working_on_every_replica_within_5_seconds,
     a_revoked_bootstrap_key_stays_revoked_after_a_restart,
+    a_key_asked_what_it_is_names_itself_and_nothing_secret,
 );
 
 async fn missing_or_unknown_keys_are_401(backend: Backend) {
@@ -285,4 +286,53 @@ async fn a_revoked_bootstrap_key_stays_revoked_after_a_restart(backend: Backend)
         "{}",
         said[0]
     );
+}
+
+/// Guards `GET /api-keys/current`: each key gets its own id, name and scopes (not
+/// another key's), nothing that opens it, and a revoked key gets 401.
+async fn a_key_asked_what_it_is_names_itself_and_nothing_secret(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut created = Vec::new();
+    for (name, scopes) in [
+        ("worker-7", json!(["tokens:read"])),
+        ("frontend", json!(["connections:read", "connections:write"])),
+    ] {
+        let response = app
+            .post(
+                "/api-keys",
+                ADMIN_KEY,
+                &json!({"name": name, "scopes": scopes}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        created.push((body, name, scopes));
+    }
+    for (key, name, scopes) in &created {
+        let response = app
+            .get("/api-keys/current", key["api_key"].as_str().unwrap())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"id": key["id"], "name": name, "scopes": scopes}),
+            "exactly the key's id, name and scopes"
+        );
+    }
+    let (worker, _, _) = &created[0];
+    let response = app
+        .delete(
+            &format!("/api-keys/{}", worker["id"].as_str().unwrap()),
+            ADMIN_KEY,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    problem(
+        app.get("/api-keys/current", worker["api_key"].as_str().unwrap())
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
 }

@@ -76,6 +76,7 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/api-keys", StatusCode::OK, "admin", false, [U, U, F, F, F, Y]),
         route(Method::POST, "/api-keys", StatusCode::CREATED, "admin", true, [U, U, F, F, F, Y]),
         route(Method::DELETE, "/api-keys/{api_key}", StatusCode::NO_CONTENT, "admin", true, [U, U, F, F, F, Y]),
+        route(Method::GET, "/api-keys/current", StatusCode::OK, "", false, [U, U, Y, Y, Y, Y]),
         route(Method::GET, "/metrics", StatusCode::OK, "", false, [U, U, Y, Y, Y, Y]),
         route(Method::GET, "/healthz", StatusCode::OK, "", false, [Y, Y, Y, Y, Y, Y]),
         route(Method::GET, "/readyz", StatusCode::OK, "", false, [Y, Y, Y, Y, Y, Y]),

@@ -2,9 +2,9 @@
 
 use connection_registry::crypto::Sealed;
 use connection_registry::domain::{
-    Connection, ConnectionId, ConnectionStatus, Environment, LastError, MerchantToken, Region, now,
+    ApiKeyId, Connection, ConnectionId, ConnectionStatus, Environment, LastError, MerchantToken,
+    Region, now,
 };
-use connection_registry::domain::ApiKeyId;
 use connection_registry::store::{
     ConnectionFilter, HANDOUTS_PER_STATEMENT, Handouts, StoreError, StoredToken,
 };
@@ -388,12 +388,14 @@ async fn hand_outs_flushed_in_several_statements_add_up_row_by_row(backend: Back
             .iter()
             .enumerate()
             .flat_map(|(n, &connection_id)| {
-                keys.iter().enumerate().map(move |(k, &api_key_id)| Handouts {
-                    api_key_id,
-                    connection_id,
-                    minute,
-                    count: (n * 2 + k) as i64 + 1 + extra,
-                })
+                keys.iter()
+                    .enumerate()
+                    .map(move |(k, &api_key_id)| Handouts {
+                        api_key_id,
+                        connection_id,
+                        minute,
+                        count: (n * 2 + k) as i64 + 1 + extra,
+                    })
             })
             .collect()
     };
@@ -415,7 +417,11 @@ async fn hand_outs_flushed_in_several_statements_add_up_row_by_row(backend: Back
             assert_eq!(row.api_key_id, *key);
             assert_eq!(row.minute, minute);
             let once = (n * 2 + k) as i64 + 1;
-            assert_eq!(row.count, once + once + 1_000_000, "connection {n}, key {k}");
+            assert_eq!(
+                row.count,
+                once + once + 1_000_000,
+                "connection {n}, key {k}"
+            );
         }
     }
 }
