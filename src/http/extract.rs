@@ -139,7 +139,7 @@ required_scope! {
     ConnectionsWrite => Some(Scope::ConnectionsWrite),
     ConnectionsRead => Some(Scope::ConnectionsRead),
     TokensRead => Some(Scope::TokensRead),
-    // Metrics scrapers: whoever holds a key, whatever its scope.
+    // Metrics scrapers and a key asking what it is: whoever holds a key, whatever its scope.
     AnyKey => None,
 }
 

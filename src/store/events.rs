@@ -156,11 +156,14 @@ impl Store {
 
     /// Adds counted hand-outs to the trail, in one transaction of a few statements:
     /// `HANDOUTS_PER_STATEMENT` rows each. `counts` holds each (key, connection, minute)
-    /// once, as one statement may not update a row twice.
+    /// once, as one statement may not update a row twice, in primary-key order, so that
+    /// two replicas flushing the same rows lock them in the same order (no deadlock).
     pub async fn add_handouts(&self, counts: &[Handouts]) -> Result<(), StoreError> {
+        let mut in_key_order: Vec<&Handouts> = counts.iter().collect();
+        in_key_order.sort_unstable_by_key(|row| (row.connection_id, row.minute, row.api_key_id));
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for chunk in counts.chunks(HANDOUTS_PER_STATEMENT) {
+            for chunk in in_key_order.chunks(HANDOUTS_PER_STATEMENT) {
                 let mut query = QueryBuilder::new(
                     "INSERT INTO token_handouts (api_key_id, connection_id, minute, count) ",
                 );
@@ -174,7 +177,13 @@ impl Store {
                     " ON CONFLICT (connection_id, minute, api_key_id) \
                      DO UPDATE SET count = token_handouts.count + excluded.count",
                 );
-                query.build().execute(&mut *tx).await?;
+                // Only a full statement has the same text every time; a short last one
+                // would add a prepared statement per flush to each pooled connection.
+                query
+                    .build()
+                    .persistent(chunk.len() == HANDOUTS_PER_STATEMENT)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });

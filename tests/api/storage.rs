@@ -22,6 +22,7 @@ both_backends!(
     a_value_of_a_type_the_code_does_not_read_is_refused_not_decoded,
     an_instant_no_calendar_holds_is_refused_not_a_panic,
     hand_outs_flushed_in_several_statements_add_up_row_by_row,
+    replicas_flushing_the_same_hand_outs_at_once_both_succeed,
 );
 crate::single!(readiness_fails_while_the_database_is_away_and_recovers);
 
@@ -424,4 +425,44 @@ async fn hand_outs_flushed_in_several_statements_add_up_row_by_row(backend: Back
             );
         }
     }
+}
+
+/// Guards the hand-out flush's row order: two replicas flushing the same rows at once,
+/// each from its own map (so in another order), must not lock them in opposite orders.
+/// Postgres would abort one as a deadlock (after its one-second `deadlock_timeout`),
+/// and that replica's counts would wait for the next flush.
+async fn replicas_flushing_the_same_hand_outs_at_once_both_succeed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let store = app.db.store().await;
+    let minute: chrono::DateTime<chrono::Utc> = "2026-11-29T11:00:00Z".parse().unwrap();
+    let key = ApiKeyId::generate();
+    let rows: Vec<Handouts> = (0..HANDOUTS_PER_STATEMENT)
+        .map(|_| Handouts {
+            api_key_id: key,
+            connection_id: ConnectionId::generate(),
+            minute,
+            count: 1,
+        })
+        .collect();
+    store.add_handouts(&rows).await.unwrap();
+    let reversed: Vec<Handouts> = rows
+        .iter()
+        .rev()
+        .map(|row| Handouts { count: 1, ..*row })
+        .collect();
+    let rounds = 5;
+    for _ in 0..rounds {
+        let (one, other) = tokio::join!(store.add_handouts(&rows), store.add_handouts(&reversed));
+        one.unwrap();
+        other.unwrap();
+    }
+    let stored = store
+        .list_handouts(None, Some(key), 2 * HANDOUTS_PER_STATEMENT as u32)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), HANDOUTS_PER_STATEMENT);
+    assert!(
+        stored.iter().all(|row| row.count == 1 + 2 * rounds),
+        "every row counted by every flush"
+    );
 }
