@@ -177,13 +177,10 @@ impl Store {
                     " ON CONFLICT (connection_id, minute, api_key_id) \
                      DO UPDATE SET count = token_handouts.count + excluded.count",
                 );
-                // Only a full statement has the same text every time; a short last one
-                // would add a prepared statement per flush to each pooled connection.
-                query
-                    .build()
-                    .persistent(chunk.len() == HANDOUTS_PER_STATEMENT)
-                    .execute(&mut *tx)
-                    .await?;
+                // Prepared afresh each flush (every few seconds), not kept: on SQLite a
+                // 1,000-row statement kept prepared holds memory on every pooled
+                // connection, and a short last one has a new text each time.
+                query.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
