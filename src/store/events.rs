@@ -155,9 +155,10 @@ impl Store {
     }
 
     /// Adds counted hand-outs to the trail, in one transaction of a few statements:
-    /// `HANDOUTS_PER_STATEMENT` rows each. `counts` holds each (key, connection, minute)
-    /// once, as one statement may not update a row twice, in primary-key order, so that
-    /// two replicas flushing the same rows lock them in the same order (no deadlock).
+    /// `HANDOUTS_PER_STATEMENT` rows each. `counts` must hold each (key, connection,
+    /// minute) once, as one statement may not update a row twice. Rows are written in
+    /// primary-key order, so that two replicas flushing the same rows lock them in the
+    /// same order (no deadlock).
     pub async fn add_handouts(&self, counts: &[Handouts]) -> Result<(), StoreError> {
         let mut in_key_order: Vec<&Handouts> = counts.iter().collect();
         in_key_order.sort_unstable_by_key(|row| (row.connection_id, row.minute, row.api_key_id));
