@@ -23,8 +23,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// What the caller's own key is: a worker checks at start-up that its key is known and
-/// holds `tokens:read`, without asking for a token (which may cost an LWA call). From
-/// memory, like every key check: no database read.
+/// holds `tokens:read`, without asking for a token (which may cost an LWA call). A
+/// known key is answered from memory; one not yet loaded is looked up once, as on any
+/// route.
 #[derive(Serialize)]
 struct CurrentKey<'a> {
     id: ApiKeyId,

@@ -2,15 +2,14 @@
 //! of each change, read newest first by the audit trail. And the token hand-out counts.
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
-
 use sqlx::QueryBuilder;
+use uuid::Uuid;
 
 use super::{Store, StoreError};
 use crate::domain::{ApiKeyId, ConnectionId};
 
 /// Rows per statement of a hand-out flush. A flush of a busy interval holds one row per
-/// (key, connection) handed out in it, 10,000 and more; a statement per row was as many
+/// (key, connection, minute) handed out in it, 10,000 and more; a statement per row was as many
 /// round trips (on SQLite, each a hand-off to its worker thread and back), on the cores
 /// that serve tokens. 4 parameters a row keeps a statement far below either backend's
 /// limit (SQLite 32,766, Postgres 65,535).
