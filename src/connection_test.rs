@@ -102,7 +102,7 @@ impl ConnectionTester {
         let connection = self.connections.get(id).await?;
         let (grant, _) = self
             .tokens
-            .get(id, MIN_TTL_SECS, false)
+            .get(id, MIN_TTL_SECS, false, crate::domain::now())
             .await
             .map_err(TestError::Token)?;
         let started = Instant::now();

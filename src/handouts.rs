@@ -17,10 +17,14 @@ use crate::store::{Handouts, Store};
 /// than truncating a `DateTime`.
 type Key = (ApiKeyId, ConnectionId, i64);
 
+/// Counted into by every token request: foldhash, not SipHash (the keys are ids this
+/// service made, counted only once a token was handed out).
+type Counts = HashMap<Key, i64, foldhash::fast::RandomState>;
+
 #[derive(Clone)]
 pub struct HandoutTrail {
     store: Store,
-    counts: Arc<Mutex<HashMap<Key, i64>>>,
+    counts: Arc<Mutex<Counts>>,
     flush_interval: Duration,
 }
 
@@ -47,7 +51,10 @@ impl HandoutTrail {
             // Sized as the last interval was, so the hot path does not regrow the map
             // (rehashing every entry) from nothing after each flush.
             let capacity = counts.len();
-            std::mem::replace(&mut *counts, HashMap::with_capacity(capacity))
+            std::mem::replace(
+                &mut *counts,
+                Counts::with_capacity_and_hasher(capacity, Default::default()),
+            )
         };
         if taken.is_empty() {
             return;

@@ -40,7 +40,8 @@ async fn authorize(
     Ok(Json(state.connections.get(id).await?))
 }
 
-async fn token(
+/// Also served ahead of the router (`super::token_first`).
+pub(super) async fn token(
     caller: Caller<TokensRead>,
     State(state): State<AppState>,
     Id(id): Id<ConnectionId>,
@@ -52,8 +53,9 @@ async fn token(
     query.finish()?;
     let min_ttl = min_ttl.unwrap_or(DEFAULT_MIN_TTL) as i64;
     let force_refresh = force_refresh.unwrap_or(false);
+    let asked = now();
     let (grant, served) = match scope {
-        None => state.tokens.get(id, min_ttl, force_refresh).await?,
+        None => state.tokens.get(id, min_ttl, force_refresh, asked).await?,
         Some(scope) => {
             state
                 .tokens
@@ -61,7 +63,12 @@ async fn token(
                 .await?
         }
     };
-    let now = now();
+    // One clock read for a token served from memory; one that waited on a fetch is timed
+    // from when it came back.
+    let now = match served {
+        Served::Memory => asked,
+        Served::Fetched | Served::Stale => now(),
+    };
     state.handouts.record(caller.key.id, id, now);
     let body = TokenBody {
         access_token: grant.token.expose(),

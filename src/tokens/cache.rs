@@ -25,7 +25,9 @@ pub(super) struct Cache {
 
 #[derive(Default)]
 struct Entries {
-    grants: HashMap<ConnectionId, Arc<Grant>>,
+    /// Looked up by every token request: foldhash, not SipHash (the ids are this
+    /// service's own, not a caller's choice).
+    grants: HashMap<ConnectionId, Arc<Grant>, foldhash::fast::RandomState>,
     /// Grants dropped because change notifications may have been missed (the listener
     /// reconnected), not because their connection changed: no longer served as they are,
     /// but still the last resort while the database cannot be read to confirm them, as

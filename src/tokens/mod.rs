@@ -219,14 +219,15 @@ impl TokenService {
     /// A token with at least `min_ttl_secs` left. `force_refresh` replaces the cached
     /// token unless it was fetched within `settings.force_refresh_min_age`. When a fresh
     /// token cannot be had (LWA or the database failing), a cached token that is still
-    /// valid is served rather than an error.
+    /// valid is served rather than an error. `now` is when the request asked (read once
+    /// by the caller, which times its answer with it).
     pub async fn get(
         &self,
         id: ConnectionId,
         min_ttl_secs: i64,
         force_refresh: bool,
+        now: DateTime<Utc>,
     ) -> Result<(Arc<Grant>, Served), TokenError> {
-        let now = now();
         let fetched_since = force_refresh.then(|| now - self.inner.settings.force_refresh_min_age);
         let need = Need {
             min_remaining_secs: min_ttl_secs,

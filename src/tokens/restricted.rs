@@ -120,7 +120,9 @@ async fn fetch(
     let spapi = &service.inner.spapi;
     // Invalidations while this runs mean the connection changed: do not cache then.
     let generation = service.inner.cache.stamp(*id);
-    let (grant, _) = service.get(*id, MIN_LIFE.num_seconds(), false).await?;
+    let (grant, _) = service
+        .get(*id, MIN_LIFE.num_seconds(), false, crate::domain::now())
+        .await?;
     let sent_at = now();
     let mut minted = spapi
         .create_restricted_data_token(&grant.endpoint, &grant.token, request)
