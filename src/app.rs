@@ -179,7 +179,7 @@ impl Application {
         let limits = self.limits;
         crate::http::serve(
             self.listener,
-            crate::http::router(self.state),
+            crate::http::api(self.state),
             limits,
             shutdown,
         )

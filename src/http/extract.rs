@@ -104,10 +104,19 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryFields {
 /// that is not even text (`/connections/%FF`), names nothing: 404, like an unknown id.
 pub struct Id<T>(pub T);
 
-impl<S: Send + Sync, T: ResourceId> FromRequestParts<S> for Id<T> {
+/// An id a route served ahead of the router (`super::token_first`) has already parsed
+/// from the path; `Id` takes it from the request's extensions instead of the router's
+/// path parameters, which that route never had.
+#[derive(Clone, Copy)]
+pub struct ParsedId<T>(pub T);
+
+impl<S: Send + Sync, T: ResourceId + Send + Sync + 'static> FromRequestParts<S> for Id<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if let Some(&ParsedId(id)) = parts.extensions.get::<ParsedId<T>>() {
+            return Ok(Self(id));
+        }
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::NotFound(T::RESOURCE))?;

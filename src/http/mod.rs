@@ -13,6 +13,7 @@ mod oauth;
 mod serve;
 mod spapi;
 mod token_body;
+mod token_first;
 mod tokens;
 mod webhooks;
 
@@ -20,9 +21,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::handler::Handler;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
-use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -31,10 +34,14 @@ use crate::app::AppState;
 pub use error::ApiError;
 pub use extract::BODY_LIMIT;
 pub use serve::{ConnectionLimits, serve};
+pub use token_first::Api;
+use token_first::RouteTemplate;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// The whole API: the router, and the token route served ahead of it
+/// (`token_first`), both under the same layers.
+pub fn api(state: AppState) -> Api {
     // No request may hold a connection longer than this; by default above the longest
     // LWA exchange (three attempts with their timeouts and backoff).
     let request_timeout = state.request_timeout;
@@ -66,7 +73,13 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT));
-    Router::new()
+    let token = BoxCloneSyncService::new(
+        layers
+            .clone()
+            .service(tokens::token.with_state(state.clone()))
+            .map_response(IntoResponse::into_response),
+    );
+    let router = Router::new()
         .merge(health::router())
         .merge(connections::router())
         .merge(api_keys::router())
@@ -79,7 +92,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(layers)
+        .layer(layers);
+    Api::new(token, router)
+}
+
+/// The route template a request was matched to, by the router or ahead of it.
+fn route_template<B>(request: &Request<B>) -> Option<&str> {
+    let extensions = request.extensions();
+    extensions
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .or_else(|| extensions.get::<RouteTemplate>().map(|route| route.0))
 }
 
 /// The span of one request: the path, never the query string or headers, so no secret
@@ -90,10 +113,7 @@ fn request_span<B>(request: &Request<B>) -> tracing::Span {
         .get(&REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .unwrap_or("");
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
+    let route = route_template(request).unwrap_or("");
     // The fields are only worked out when the span is recorded (not at all below INFO).
     tracing::info_span!(
         "request",
@@ -171,10 +191,7 @@ async fn record_http_metrics(
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
     let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = route_template(&request).unwrap_or("unmatched").to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::histogram!(

@@ -392,6 +392,47 @@ async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
         "{read_lines:?}"
     );
 
+    // The token route, served ahead of the router (`http::token_first`), under the same
+    // layers: its id comes back, and its line names the route, the connection and the key.
+    let authorized = app
+        .post(
+            &format!("/connections/{id}/authorize"),
+            ADMIN_KEY,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(authorized.status(), StatusCode::OK);
+    let response = app
+        .client
+        .get(app.url(&format!("/connections/{id}/token")))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-request-id", "token-of-one-connection")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "token-of-one-connection"
+    );
+    let token_lines: Vec<String> = crate::logs::lines_containing("token-of-one-connection")
+        .into_iter()
+        .filter(|line| line.contains("finished processing request"))
+        .collect();
+    assert_eq!(token_lines.len(), 1, "{token_lines:?}");
+    for needed in [
+        "status=200".to_owned(),
+        "route=\"/connections/{id}/token\"".to_owned(),
+        format!("connection_id=\"{id}\""),
+        admin.clone(),
+    ] {
+        assert!(
+            token_lines[0].contains(&needed),
+            "{needed} in {}",
+            token_lines[0]
+        );
+    }
+
     let (returned, id) = send("two words", 2).await;
     assert!(
         uuid::Uuid::try_parse(&returned).is_ok(),

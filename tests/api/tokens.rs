@@ -216,6 +216,22 @@ async fn token_response_tells_the_worker_where_to_go(backend: Backend) {
         "https://sandbox.sellingpartnerapi-fe.amazon.com"
     );
     assert_eq!(body["aws_region"], "us-west-2");
+
+    // A percent-encoded id is left to the router (`http::token_first` takes only plain
+    // ones), which decodes it: the same connection's token, from memory.
+    let fe_id = fe["id"].as_str().unwrap();
+    let encoded = format!("%{:02X}{}", fe_id.as_bytes()[0], &fe_id[1..]);
+    let response = app
+        .get(&format!("/connections/{encoded}/token"), ADMIN_KEY)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["cache-status"],
+        "connection-registry; hit"
+    );
+    let again: Value = response.json().await.unwrap();
+    assert_eq!(again["access_token"], body["access_token"]);
+    assert_eq!(again["sp_api_endpoint"], body["sp_api_endpoint"]);
 }
 
 async fn concurrent_first_requests_make_one_lwa_call(backend: Backend) {
