@@ -325,7 +325,7 @@ impl Connections {
             c.account_type = account_type;
         }
         if let Some(merchant_token) = &patch.merchant_token {
-            c.merchant_token = merchant_token.clone();
+            c.merchant_token = *merchant_token;
         }
         if let Some(application_id) = &patch.application_id {
             c.application_id = application_id.clone();

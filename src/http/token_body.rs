@@ -64,7 +64,7 @@ impl TokenBody<'_> {
         out.extend_from_slice(b",\"environment\":");
         plain_string(&mut out, self.environment.as_str());
         out.extend_from_slice(b",\"merchant_token\":");
-        string(&mut out, self.merchant_token.as_str());
+        plain_string(&mut out, self.merchant_token.as_str());
         out.extend_from_slice(b",\"marketplace_ids\":");
         strings(&mut out, self.marketplace_ids);
         out.push(b'}');

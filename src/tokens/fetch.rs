@@ -347,7 +347,7 @@ pub(super) fn grant(
         token,
         region: c.region,
         environment: c.environment,
-        merchant_token: c.merchant_token.clone(),
+        merchant_token: c.merchant_token,
         marketplace_ids: c.marketplace_ids.clone(),
         endpoint: service.inner.hosts.endpoint(c.region, c.environment),
         last_used: AtomicI64::new(now.timestamp_millis()),

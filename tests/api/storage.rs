@@ -185,7 +185,7 @@ async fn every_combination_of_list_filters_narrows_alone_together_and_after_the_
             status: on(0).then_some(ConnectionStatus::Active),
             region: on(1).then_some(Region::Na),
             environment: on(2).then_some(Environment::Sandbox),
-            merchant_token: on(3).then(|| other.clone()),
+            merchant_token: on(3).then_some(other),
             client_secret_expires_before: on(4).then_some(before),
             after: on(5).then_some(cursor),
         };
