@@ -10,11 +10,16 @@
 //! (`ParsedId`) and its route template (`RouteTemplate`) in its extensions, for the
 //! handler's `Id`, the request span and the metrics.
 //!
+//! One difference, outside what a client sees: the router sets `Content-Length` on the
+//! response itself; here hyper writes it on the wire, as it does for any body of known
+//! size.
+//!
 //! Anything else goes to the router as before: other methods (HEAD included, which the
 //! router answers for `GET` routes), a percent-encoded id (the router decodes it first;
 //! here it is not an id), a segment that is not an id (the router's 404).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
@@ -38,8 +43,14 @@ pub const TOKEN_ROUTE: &str = "/connections/{id}/token";
 pub struct RouteTemplate(pub &'static str);
 
 /// The HTTP API as one service: the token route, else the router.
+///
+/// hyper-util clones the service for every request, so the clone is one reference
+/// count (as the router's own is): cloning the boxed token service would allocate a
+/// copy of its whole stack of layers, on every request to any route.
 #[derive(Clone)]
-pub struct Api {
+pub struct Api(Arc<Routes>);
+
+struct Routes {
     token: BoxCloneSyncService<Request, Response, Infallible>,
     router: Router,
 }
@@ -47,7 +58,7 @@ pub struct Api {
 impl Api {
     /// `token` must be the token handler under the router's layers.
     pub fn new(token: BoxCloneSyncService<Request, Response, Infallible>, router: Router) -> Self {
-        Self { token, router }
+        Self(Arc::new(Routes { token, router }))
     }
 }
 
@@ -76,8 +87,8 @@ where
     >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both are always ready: each request is served by a clone, as the router serves
-        // its routes.
+        // Both are always ready: the token service is called through a clone of its own
+        // (`oneshot`), as the router calls each route, and the router is always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -88,9 +99,9 @@ where
                 let extensions = request.extensions_mut();
                 extensions.insert(ParsedId(id));
                 extensions.insert(RouteTemplate(TOKEN_ROUTE));
-                Either::Left(self.token.clone().oneshot(request))
+                Either::Left(self.0.token.clone().oneshot(request))
             }
-            None => Either::Right(self.router.call(request)),
+            None => Either::Right(self.0.router.clone().call(request)),
         }
     }
 }

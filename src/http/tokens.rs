@@ -53,21 +53,26 @@ pub(super) async fn token(
     query.finish()?;
     let min_ttl = min_ttl.unwrap_or(DEFAULT_MIN_TTL) as i64;
     let force_refresh = force_refresh.unwrap_or(false);
-    let asked = now();
-    let (grant, served) = match scope {
-        None => state.tokens.get(id, min_ttl, force_refresh, asked).await?,
+    let (grant, served, asked) = match scope {
+        None => {
+            let asked = now();
+            let (grant, served) = state.tokens.get(id, min_ttl, force_refresh, asked).await?;
+            (grant, served, Some(asked))
+        }
         Some(scope) => {
-            state
+            // Reads the connection from the database even when its token is in memory.
+            let (grant, served) = state
                 .tokens
                 .grantless(id, scope, min_ttl, force_refresh)
-                .await?
+                .await?;
+            (grant, served, None)
         }
     };
-    // One clock read for a token served from memory; one that waited on a fetch is timed
-    // from when it came back.
-    let now = match served {
-        Served::Memory => asked,
-        Served::Fetched | Served::Stale => now(),
+    // One clock read for a connection's token served from memory; one that waited on
+    // anything (a fetch, the database) is timed from when it came back.
+    let now = match (served, asked) {
+        (Served::Memory, Some(asked)) => asked,
+        _ => now(),
     };
     state.handouts.record(caller.key.id, id, now);
     let body = TokenBody {
