@@ -66,6 +66,17 @@ impl Run {
         self.stderr.lines().collect()
     }
 
+    /// Stderr without sqlx's warnings of statements over a second: on a loaded machine a
+    /// migration's index build can take that long, and saying so is the operator's to
+    /// read (it made `migrate`'s stderr non-empty in a run beside two CPU hogs). Anything
+    /// else, a Postgres notice above all, is kept.
+    fn stderr_but_slow_statements(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|line| !line.contains("slow statement: execution time exceeded"))
+            .collect()
+    }
+
     #[track_caller]
     pub fn assert_succeeded(&self, what: &str) {
         assert_eq!(self.code, Some(0), "{what} must exit 0: {self}");
@@ -105,7 +116,11 @@ impl Run {
     #[track_caller]
     fn listed_keys(&self) -> Vec<Vec<&str>> {
         self.assert_succeeded("api-keys list");
-        assert_eq!(self.stderr, "", "api-keys list writes nothing on stderr");
+        assert_eq!(
+            self.stderr_but_slow_statements(),
+            Vec::<&str>::new(),
+            "api-keys list writes nothing on stderr"
+        );
         self.stdout_lines()
             .into_iter()
             .map(|line| {
@@ -175,7 +190,11 @@ async fn api_keys_made_by_the_cli_work_on_a_server_until_revoked(backend: Backen
     let migrate = cli(&db, &["migrate"]).await;
     migrate.assert_succeeded("migrate");
     assert_eq!(migrate.stdout, "migrations applied\n", "{migrate}");
-    assert_eq!(migrate.stderr, "", "{migrate}");
+    assert_eq!(
+        migrate.stderr_but_slow_statements(),
+        Vec::<&str>::new(),
+        "{migrate}"
+    );
     assert_eq!(
         store
             .active_api_keys()
@@ -310,7 +329,11 @@ async fn api_keys_made_by_the_cli_work_on_a_server_until_revoked(backend: Backen
     let revoked_at = Instant::now();
     revoke.assert_succeeded("api-keys revoke");
     assert_eq!(revoke.stdout, format!("revoked {id}\n"), "{revoke}");
-    assert_eq!(revoke.stderr, "", "{revoke}");
+    assert_eq!(
+        revoke.stderr_but_slow_statements(),
+        Vec::<&str>::new(),
+        "{revoke}"
+    );
     let list = cli(&db, &["api-keys", "list"]).await;
     let listed = list.listed_keys();
     assert_eq!(listed.len(), 1, "{list}");
