@@ -321,6 +321,17 @@ async fn token_handouts_are_counted_per_key_connection_and_minute(backend: Backe
     );
 }
 
+/// GETs `path` as admin, sending `request_id` as `X-Request-Id`.
+async fn get_with_request_id(app: &TestApp, path: &str, request_id: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(ADMIN_KEY)
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Guards the request id: a sane one is kept and returned, an insane one replaced; the
 /// events a request causes and its log lines carry it.
 async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
@@ -375,14 +386,8 @@ async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
     }
 
     // A request about a connection names it in its span.
-    let response = app
-        .client
-        .get(app.url(&format!("/connections/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .header("x-request-id", "read-one-connection")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        get_with_request_id(&app, &format!("/connections/{id}"), "read-one-connection").await;
     assert_eq!(response.status(), StatusCode::OK);
     let read_lines = crate::logs::lines_containing("read-one-connection");
     assert!(
@@ -402,14 +407,12 @@ async fn request_ids_round_trip_into_events_and_logs(backend: Backend) {
         )
         .await;
     assert_eq!(authorized.status(), StatusCode::OK);
-    let response = app
-        .client
-        .get(app.url(&format!("/connections/{id}/token")))
-        .bearer_auth(ADMIN_KEY)
-        .header("x-request-id", "token-of-one-connection")
-        .send()
-        .await
-        .unwrap();
+    let response = get_with_request_id(
+        &app,
+        &format!("/connections/{id}/token"),
+        "token-of-one-connection",
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["x-request-id"],
